@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""PyTorch/transformers CPU reference timings to compare edco against.
+
+Loads a GGUF checkpoint (e.g. SmolLM2-135M-Instruct) through transformers'
+GGUF support, which dequantizes every tensor to float32, and times one case:
+
+  --case train     forward + backward (cross-entropy on all tokens) + AdamW
+                   step on a batch of random tokens (default 4 x 256);
+                   --warmup untimed steps, then --steps timed steps.
+  --case generate  greedy generation for 16 left-padded prompts of 8..40
+                   random tokens, exactly --new-tokens new tokens per row
+                   (min_new_tokens = max_new_tokens), with output_scores=True
+                   and return_dict_in_generate=True so that the per-step
+                   logits are materialized as edco does; --warmup untimed
+                   runs, then --iters timed runs.
+
+Prints one JSON object on stdout (logs go to stderr). Example:
+  python scripts/bench_torch.py --gguf \
+      ${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+      --threads 2 --case train
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+SEED = 0
+NUM_PROMPTS = 16
+MIN_PROMPT_LEN = 8
+MAX_PROMPT_LEN = 40
+
+
+def load_model(gguf):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model, tok
+
+
+def random_tokens(gen, tok, shape):
+    """Ordinary token ids: everything above the added (special) tokens."""
+    first = max(tok.added_tokens_decoder) + 1
+    return torch.randint(first, len(tok), shape, generator=gen)
+
+
+def bench_train(model, tok, args, gen):
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    ids = random_tokens(gen, tok, (args.batch, args.seq_len))
+
+    def step():
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    for _ in range(args.warmup):
+        step()
+    losses = []
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        losses.append(step())
+    elapsed = time.perf_counter() - start
+    tokens = args.batch * args.seq_len * args.steps
+    return {
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "warmup_steps": args.warmup,
+        "timed_steps": args.steps,
+        "seconds": elapsed,
+        "seconds_per_step": elapsed / args.steps,
+        "tokens_per_s": tokens / elapsed,
+        "losses": losses,
+    }
+
+
+def bench_generate(model, tok, args, gen):
+    model.eval()
+    pad = tok.pad_token_id
+    lengths = torch.linspace(MIN_PROMPT_LEN, MAX_PROMPT_LEN, NUM_PROMPTS).round().long().tolist()
+    width = max(lengths)
+    ids = torch.full((NUM_PROMPTS, width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = random_tokens(gen, tok, (n,))
+        mask[row, width - n :] = 1
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                pad_token_id=pad,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        new = out.sequences.shape[1] - width
+        assert new == args.new_tokens and len(out.scores) == new, f"generated {new} tokens"
+        return out
+
+    for _ in range(args.warmup):
+        run()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        run()
+    elapsed = time.perf_counter() - start
+    new_tokens = NUM_PROMPTS * args.new_tokens * args.iters
+    return {
+        "prompts": NUM_PROMPTS,
+        "prompt_lengths": lengths,
+        "new_tokens_per_row": args.new_tokens,
+        "warmup_iters": args.warmup,
+        "timed_iters": args.iters,
+        "seconds": elapsed,
+        "seconds_per_iter": elapsed / args.iters,
+        "new_tokens_per_s": new_tokens / elapsed,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--gguf", required=True, help="GGUF file (Llama architecture)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--case", choices=["train", "generate"], required=True)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps (train) or runs (generate)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps (train)")
+    parser.add_argument("--batch", type=int, default=4, help="train batch size")
+    parser.add_argument("--seq-len", type=int, default=256, help="train sequence length")
+    parser.add_argument("--iters", type=int, default=3, help="timed generate runs")
+    parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per row (generate)")
+    args = parser.parse_args()
+
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    load_start = time.perf_counter()
+    model, tok = load_model(args.gguf)
+    load_seconds = time.perf_counter() - load_start
+
+    bench = bench_train if args.case == "train" else bench_generate
+    result = {
+        "tool": "pytorch",
+        "case": args.case,
+        "model": Path(args.gguf).name,
+        "dtype": "float32",
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "load_seconds": load_seconds,
+    }
+    result.update(bench(model, tok, args, gen))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+//! The command line: clap definitions resolved once into calls on the library. Each subcommand
+//! owns its arguments; shared model options (source, dtype, device, adapter) live in [`ModelArgs`].
+
+use crate::data::load_jsonl;
+use crate::model::config::Arch;
+use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use crate::model::load::{LoadOptions, Loaded, load};
+use crate::model::lora::load_adapter;
+use crate::tokenizer::Message;
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "edco",
+    version,
+    about = "Fine-tune LLMs with an entropy-driven dynamic curriculum"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Generate completions for one or more prompts.
+    Generate(GenerateArgs),
+    /// Per-sample mean negative log-likelihood of each reference response (JSON lines).
+    Perplexity(PerplexityArgs),
+    /// Write a small randomly initialised model in Hugging Face layout.
+    InitModel(InitModelArgs),
+}
+
+#[derive(Args)]
+pub struct ModelArgs {
+    /// A Hugging Face model directory, a .gguf file, or a hub id such as Qwen/Qwen3-4B.
+    #[arg(long)]
+    pub model: String,
+    /// A PEFT LoRA adapter directory to apply on top of the model.
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Chat-template variables as key=value (JSON values), e.g. enable_thinking=false.
+    #[arg(long = "template-arg", value_name = "KEY=VALUE")]
+    pub template_args: Vec<String>,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<Loaded> {
+        let opts = LoadOptions {
+            dtype: parse_dtype(&self.dtype)?,
+            device: parse_device(&self.device)?,
+            ..Default::default()
+        };
+        let mut loaded = load(&self.model, &opts)?;
+        if let Some(dir) = &self.adapter {
+            load_adapter(&mut loaded.model, dir)?;
+        }
+        Ok(loaded)
+    }
+
+    pub fn template_args(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
+        parse_template_args(&self.template_args)
+    }
+}
+
+pub fn parse_template_args(args: &[String]) -> Result<serde_json::Map<String, serde_json::Value>> {
+    let mut map = serde_json::Map::new();
+    for a in args {
+        let (k, v) = a
+            .split_once('=')
+            .with_context(|| format!("--template-arg `{a}`: expected KEY=VALUE"))?;
+        let value =
+            serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+        map.insert(k.to_string(), value);
+    }
+    Ok(map)
+}
+
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => bail!("unsupported dtype `{other}`: expected f32 or bf16"),
+    }
+}
+
+pub fn parse_device(s: &str) -> Result<Device> {
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Device::new_cuda(0)
+            .context("opening CUDA device 0 (was edco built with --features cuda?)"),
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) => Device::new_cuda(n).with_context(|| {
+                format!("opening CUDA device {n} (was edco built with --features cuda?)")
+            }),
+            None => bail!("unsupported device `{other}`: expected cpu, cuda or cuda:N"),
+        },
+    }
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A user message; repeat for a batch.
+    #[arg(long)]
+    pub prompt: Vec<String>,
+    /// A JSON Lines file of prompts (any dataset shape edco reads).
+    #[arg(long)]
+    pub prompts_file: Option<PathBuf>,
+    /// A system message put before every prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Feed prompts as raw text, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// Pick the most likely token at every step.
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub top_p: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Print one JSON object per prompt (completion, tokens, entropies) instead of text.
+    #[arg(long)]
+    pub jsonl: bool,
+}
+
+#[derive(Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A JSON Lines dataset with reference responses.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Write the scores here instead of standard output.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Longest prompt + response in tokens; prompts are cut from the left beyond it.
+    #[arg(long, default_value_t = 1024)]
+    pub max_length: usize,
+    /// Count and skip malformed lines instead of failing.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Args)]
+pub struct InitModelArgs {
+    /// qwen3 or llama.
+    #[arg(long, default_value = "qwen3")]
+    pub arch: String,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// A directory with tokenizer.json (and tokenizer_config.json) to use; default: a built-in
+    /// byte-level tokenizer with a ChatML template.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    pub hidden_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub intermediate_size: usize,
+    #[arg(long, default_value_t = 2)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 2)]
+    pub kv_heads: usize,
+    /// Give the model its own output head instead of sharing the embedding.
+    #[arg(long)]
+    pub untied: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => run_generate(a),
+        Command::Perplexity(a) => run_perplexity(a),
+        Command::InitModel(a) => run_init_model(a),
+    }
+}
+
+fn run_generate(a: GenerateArgs) -> Result<()> {
+    let mut conversations: Vec<Vec<Message>> = a
+        .prompt
+        .iter()
+        .map(|p| vec![Message::new("user", p)])
+        .collect();
+    if let Some(path) = &a.prompts_file {
+        conversations.extend(
+            load_jsonl(path, false)?
+                .samples
+                .into_iter()
+                .map(|s| s.messages),
+        );
+    }
+    if conversations.is_empty() {
+        bail!("nothing to generate: give --prompt or --prompts-file");
+    }
+    if let Some(system) = &a.system {
+        for c in conversations.iter_mut() {
+            c.insert(0, Message::new("system", system));
+        }
+    }
+    let loaded = a.model.load()?;
+    let tok = &loaded.tokenizer;
+    let template_args = a.model.template_args()?;
+    let prompts = conversations
+        .iter()
+        .enumerate()
+        .map(|(i, msgs)| {
+            let ids = if a.raw {
+                let text: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+                tok.encode(&text.join("\n"), true)?
+            } else {
+                tok.encode_chat(msgs, &template_args)?
+            };
+            Ok(Prompt {
+                ids,
+                seed: a.seed.wrapping_add(i as u64),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: if a.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                top_k: a.top_k,
+            }
+        },
+        eos_token_ids: loaded.eos_token_ids.clone(),
+        pad_id: tok.pad_id(),
+        keep_log_probs: false,
+    };
+    let mut stdout = std::io::stdout().lock();
+    for (chunk_i, chunk) in prompts.chunks(a.batch_size.max(1)).enumerate() {
+        let gens = generate(&loaded.model, chunk, &opts)?;
+        for (j, g) in gens.iter().enumerate() {
+            let i = chunk_i * a.batch_size.max(1) + j;
+            let text = tok.decode(&g.tokens, true)?;
+            if a.jsonl {
+                let mean_entropy =
+                    g.entropies.iter().sum::<f32>() / g.entropies.len().max(1) as f32;
+                let line = serde_json::json!({
+                    "index": i,
+                    "completion": text,
+                    "tokens": g.tokens.len(),
+                    "finished": g.finished,
+                    "mean_entropy": mean_entropy,
+                    "entropies": g.entropies,
+                });
+                writeln!(stdout, "{line}")?;
+            } else {
+                if i > 0 {
+                    writeln!(stdout)?;
+                }
+                writeln!(stdout, "{}", text.trim_end())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_perplexity(a: PerplexityArgs) -> Result<()> {
+    let data = load_jsonl(&a.data, a.skip_invalid)?;
+    if data.skipped > 0 {
+        eprintln!(
+            "skipped {} invalid lines of {}",
+            data.skipped,
+            a.data.display()
+        );
+    }
+    let loaded = a.model.load()?;
+    let scores = crate::perplexity::score(
+        &loaded.model,
+        &loaded.tokenizer,
+        &data.samples,
+        &a.model.template_args()?,
+        a.max_length,
+        a.batch_size,
+    )?;
+    let mut text = String::new();
+    for s in &scores {
+        text.push_str(&serde_json::to_string(s)?);
+        text.push('\n');
+    }
+    match &a.out {
+        Some(path) => crate::model::weights::write_atomic(path, text.as_bytes())?,
+        None => std::io::stdout().lock().write_all(text.as_bytes())?,
+    }
+    Ok(())
+}
+
+fn run_init_model(a: InitModelArgs) -> Result<()> {
+    let arch = match a.arch.as_str() {
+        "qwen3" => Arch::Qwen3,
+        "llama" => Arch::Llama,
+        other => bail!("--arch `{other}`: expected qwen3 or llama"),
+    };
+    let spec = crate::init_model::InitSpec {
+        arch,
+        hidden_size: a.hidden_size,
+        intermediate_size: a.intermediate_size,
+        num_hidden_layers: a.layers,
+        num_attention_heads: a.heads,
+        num_key_value_heads: a.kv_heads,
+        tie_word_embeddings: !a.untied,
+        seed: a.seed,
+    };
+    let cfg = crate::init_model::init_model(&spec, a.tokenizer.as_deref(), &a.out)?;
+    eprintln!(
+        "wrote a random {} model ({} layers, hidden {}, vocab {}) to {}",
+        arch.model_type(),
+        cfg.num_hidden_layers,
+        cfg.hidden_size,
+        cfg.vocab_size,
+        a.out.display()
+    );
+    Ok(())
+}

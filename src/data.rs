@@ -1,0 +1,285 @@
+//! Datasets: JSON Lines in three shapes, each turned into chat messages plus a reference answer.
+//! - chat: `{"messages": [{"role", "content"}, ...]}`; the last assistant turn is the response.
+//! - prompt/completion: `{"prompt": "...", "completion": "..."}` (`response` is accepted too).
+//! - question: `{"question", "options": {"A": ...}, "answer": "B"}` (multiple choice, with an
+//!   optional `context`), or `{"question", "answer"}` (short answer; `solution` is the response
+//!   when present). The prompt template is [`mcq_prompt`].
+//!
+//! Every record gets an `id` (its own, or `line-N`). Bad lines name the file, line and field.
+
+use crate::tokenizer::Message;
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub id: String,
+    /// The prompt side of the conversation (system and user turns).
+    pub messages: Vec<Message>,
+    /// The reference response, for SFT and perplexity.
+    pub response: Option<String>,
+    /// The verifiable answer (an option letter, or a short answer), for rewards and accuracy.
+    pub answer: Option<String>,
+    /// Multiple-choice options by letter.
+    pub options: Option<BTreeMap<String, String>>,
+}
+
+/// The instruction that closes a multiple-choice prompt.
+pub const MCQ_INSTRUCTION: &str = "Answer with the letter of the correct option.";
+
+/// Renders a multiple-choice item: optional context, the question, one `L. text` line per option,
+/// then [`MCQ_INSTRUCTION`].
+pub fn mcq_prompt(
+    context: Option<&str>,
+    question: &str,
+    options: &BTreeMap<String, String>,
+) -> String {
+    let mut s = String::new();
+    if let Some(c) = context.filter(|c| !c.trim().is_empty()) {
+        s.push_str(c.trim());
+        s.push_str("\n\n");
+    }
+    s.push_str(question.trim());
+    s.push_str("\n\n");
+    for (letter, text) in options {
+        s.push_str(&format!("{letter}. {}\n", text.trim()));
+    }
+    s.push('\n');
+    s.push_str(MCQ_INSTRUCTION);
+    s
+}
+
+fn str_field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<Option<&'a str>> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(other) => bail!("field `{key}`: expected a string, got {}", kind(other)),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses one JSON line; `line_no` is 1-based and names the default id.
+pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
+    let value: Value = serde_json::from_str(text).context("not valid JSON")?;
+    let Value::Object(obj) = value else {
+        bail!("expected a JSON object, got {}", kind(&value));
+    };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => format!("line-{line_no}"),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        Some(other) => bail!(
+            "field `id`: expected a string or number, got {}",
+            kind(other)
+        ),
+    };
+    if let Some(messages) = obj.get("messages") {
+        let Value::Array(items) = messages else {
+            bail!("field `messages`: expected a list, got {}", kind(messages));
+        };
+        let mut msgs = Vec::with_capacity(items.len());
+        for (i, m) in items.iter().enumerate() {
+            let m = m
+                .as_object()
+                .with_context(|| format!("field `messages[{i}]`: expected an object"))?;
+            let role = str_field(m, "role")?
+                .with_context(|| format!("field `messages[{i}].role` is missing"))?;
+            let content = str_field(m, "content")?
+                .with_context(|| format!("field `messages[{i}].content` is missing"))?;
+            msgs.push(Message::new(role, content));
+        }
+        let response = match msgs.last() {
+            Some(m) if m.role == "assistant" => msgs.pop().map(|m| m.content),
+            _ => None,
+        };
+        if msgs.is_empty() {
+            bail!("field `messages`: no prompt turns");
+        }
+        return Ok(Sample {
+            id,
+            messages: msgs,
+            response,
+            answer: str_field(&obj, "answer")?.map(str::to_string),
+            options: None,
+        });
+    }
+    if let Some(prompt) = str_field(&obj, "prompt")? {
+        let response = str_field(&obj, "completion")?.or(str_field(&obj, "response")?);
+        return Ok(Sample {
+            id,
+            messages: vec![Message::new("user", prompt)],
+            response: response.map(str::to_string),
+            answer: str_field(&obj, "answer")?.map(str::to_string),
+            options: None,
+        });
+    }
+    if let Some(question) = str_field(&obj, "question")? {
+        let answer = match obj.get("answer") {
+            Some(Value::String(s)) => s.trim().to_string(),
+            Some(Value::Number(n)) => n.to_string(),
+            None | Some(Value::Null) => bail!("field `answer` is missing"),
+            Some(other) => bail!("field `answer`: expected a string, got {}", kind(other)),
+        };
+        let context = str_field(&obj, "context")?;
+        return match obj.get("options") {
+            None | Some(Value::Null) => Ok(Sample {
+                id,
+                messages: vec![Message::new("user", question)],
+                response: Some(str_field(&obj, "solution")?.map_or(answer.clone(), str::to_string)),
+                answer: Some(answer),
+                options: None,
+            }),
+            Some(Value::Object(opts)) => {
+                let mut options = BTreeMap::new();
+                for (k, v) in opts {
+                    let text = v
+                        .as_str()
+                        .with_context(|| format!("field `options.{k}`: expected a string"))?;
+                    options.insert(k.clone(), text.to_string());
+                }
+                let Some(correct) = options.get(&answer) else {
+                    bail!(
+                        "field `answer`: `{answer}` is not one of the options {:?}",
+                        options.keys().collect::<Vec<_>>()
+                    );
+                };
+                let response = format!("{answer}. {}", correct.trim());
+                Ok(Sample {
+                    id,
+                    messages: vec![Message::new(
+                        "user",
+                        &mcq_prompt(context, question, &options),
+                    )],
+                    response: Some(response),
+                    answer: Some(answer),
+                    options: Some(options),
+                })
+            }
+            Some(other) => bail!(
+                "field `options`: expected an object of letter -> text, got {}",
+                kind(other)
+            ),
+        };
+    }
+    bail!("unrecognised record: expected `messages`, `prompt` or `question`")
+}
+
+/// What loading a file produced.
+pub struct Dataset {
+    pub samples: Vec<Sample>,
+    /// Lines skipped as invalid (only with `skip_invalid`).
+    pub skipped: usize,
+}
+
+/// Reads a JSON Lines file. Blank lines are ignored; a bad line fails the load with its file and
+/// line number, or is counted and skipped when `skip_invalid` is set. Ids must be unique.
+pub fn load_jsonl(path: &Path, skip_invalid: bool) -> Result<Dataset> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut samples = Vec::new();
+    let mut skipped = 0;
+    let mut seen = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_record(line, line_no) {
+            Ok(s) => {
+                if let Some(first) = seen.insert(s.id.clone(), line_no) {
+                    bail!(
+                        "{}:{line_no}: field `id`: `{}` repeats the id of line {first}",
+                        path.display(),
+                        s.id
+                    );
+                }
+                samples.push(s);
+            }
+            Err(e) if skip_invalid => {
+                tracing::warn!("{}:{line_no}: skipped: {e:#}", path.display());
+                skipped += 1;
+            }
+            Err(e) => return Err(e.context(format!("{}:{line_no}", path.display()))),
+        }
+    }
+    Ok(Dataset { samples, skipped })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn three_shapes_parse() {
+        let chat = parse_record(
+            r#"{"id":"a","messages":[{"role":"system","content":"s"},{"role":"user","content":"q"},{"role":"assistant","content":"r"}]}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(chat.messages.len(), 2);
+        assert_eq!(chat.response.as_deref(), Some("r"));
+        let pc = parse_record(r#"{"prompt":"p","completion":"c"}"#, 7).unwrap();
+        assert_eq!(pc.id, "line-7");
+        assert_eq!(pc.response.as_deref(), Some("c"));
+        let mcq = parse_record(
+            r#"{"id":"m","question":"Q?","options":{"A":"x","B":"y"},"answer":"B"}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            mcq.messages[0].content,
+            "Q?\n\nA. x\nB. y\n\nAnswer with the letter of the correct option."
+        );
+        assert_eq!(mcq.response.as_deref(), Some("B. y"));
+        assert_eq!(mcq.answer.as_deref(), Some("B"));
+        let short = parse_record(
+            r#"{"question":"2+2?","answer":"4","solution":"2+2=4\n#### 4"}"#,
+            1,
+        )
+        .unwrap();
+        assert_eq!(short.response.as_deref(), Some("2+2=4\n#### 4"));
+    }
+
+    #[test]
+    fn bad_lines_name_file_line_and_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(&p, "{\"prompt\":\"a\"}\n\n{\"question\":\"q\",\"options\":{\"A\":\"x\"},\"answer\":\"C\"}\n").unwrap();
+        let e = load_jsonl(&p, false).err().unwrap();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("d.jsonl:3") && msg.contains("field `answer`"),
+            "{msg}"
+        );
+        let ok = load_jsonl(&p, true).unwrap();
+        assert_eq!((ok.samples.len(), ok.skipped), (1, 1));
+        std::fs::write(&p, "{\"prompt\":1}\n").unwrap();
+        let msg = format!("{:#}", load_jsonl(&p, false).err().unwrap());
+        assert!(
+            msg.contains("d.jsonl:1") && msg.contains("field `prompt`: expected a string"),
+            "{msg}"
+        );
+        std::fs::write(
+            &p,
+            "{\"id\":\"x\",\"prompt\":\"a\"}\n{\"id\":\"x\",\"prompt\":\"b\"}\n",
+        )
+        .unwrap();
+        let msg = format!("{:#}", load_jsonl(&p, false).err().unwrap());
+        assert!(
+            msg.contains("d.jsonl:2") && msg.contains("repeats the id of line 1"),
+            "{msg}"
+        );
+    }
+}

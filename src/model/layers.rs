@@ -1,0 +1,312 @@
+//! The decoder's building blocks, written only with ops that candle can differentiate
+//! (CANDLE_NOTES: the fused `rms_norm`, `rope` and `softmax_last_dim` cut gradients silently).
+//! Maths and parameter names follow transformers' `modeling_llama.py` / `modeling_qwen3.py`.
+
+use candle_core::{D, DType, Module, Result, Tensor};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+
+/// Where a forward pass runs: evaluation, or training with LoRA dropout drawn from `seed`
+/// (so a step is reproducible on resume).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Eval,
+    Train {
+        seed: u64,
+    },
+    /// LoRA adapters switched off: the frozen base, used as the GRPO reference policy.
+    BaseOnly,
+}
+
+/// A LoRA adapter on one projection: `y += scale * B(A(dropout(x)))`, PEFT's layout
+/// (`lora_A`: (r, in), `lora_B`: (out, r)).
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: f32,
+}
+
+/// A projection with an optional bias and an optional LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub lora: Option<LoraAdapter>,
+    /// Distinguishes this projection's dropout stream from the others' in the same step.
+    pub stream: u64,
+}
+
+impl Linear {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let base = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)?;
+        let Some(lora) = &self.lora else {
+            return Ok(base);
+        };
+        let x = match mode {
+            Mode::BaseOnly => return Ok(base),
+            Mode::Train { seed } if lora.dropout > 0.0 => dropout(
+                x,
+                lora.dropout,
+                seed ^ self.stream.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            )?,
+            _ => x.clone(),
+        };
+        let a = candle_nn::Linear::new(lora.a.clone(), None);
+        let b = candle_nn::Linear::new(lora.b.clone(), None);
+        base + (b.forward(&a.forward(&x)?)? * lora.scale)?
+    }
+
+    /// The weight with the adapter folded in: `W + scale * B A`.
+    pub fn merged_weight(&self) -> Result<Tensor> {
+        match &self.lora {
+            None => Ok(self.weight.clone()),
+            Some(l) => {
+                let delta = (l.b.matmul(&l.a)? * l.scale)?;
+                self.weight.detach() + delta.to_dtype(self.weight.dtype())?.detach()
+            }
+        }
+    }
+}
+
+/// Inverted dropout with a seeded mask, so a training step can be replayed exactly.
+fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    x * mask
+}
+
+/// RMSNorm composed in f32 as transformers does it: `w * (x / sqrt(mean(x^2) + eps))`.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dtype = x.dtype();
+        let xf = x.to_dtype(DType::F32)?;
+        let rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
+        xf.broadcast_div(&rms)?
+            .to_dtype(dtype)?
+            .broadcast_mul(&self.weight)
+    }
+}
+
+/// Rotary embedding tables for one batch: `cos`/`sin` of shape (B, 1, T, head_dim), duplicated
+/// halves as in transformers' `rotate_half` convention.
+pub struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+impl Rope {
+    /// `inv_freq`: (head_dim / 2,) f32; `positions`: (B, T) u32.
+    pub fn new(inv_freq: &Tensor, positions: &Tensor, dtype: DType) -> Result<Self> {
+        let (b, t) = positions.dims2()?;
+        let pos = positions
+            .flatten_all()?
+            .to_dtype(DType::F32)?
+            .unsqueeze(1)?; // (B*T, 1)
+        let freqs = pos.broadcast_mul(&inv_freq.unsqueeze(0)?)?; // (B*T, D/2)
+        let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?; // (B*T, D)
+        let d = emb.dim(1)?;
+        let shape = (b, 1, t, d);
+        Ok(Self {
+            cos: emb.cos()?.to_dtype(dtype)?.reshape(shape)?,
+            sin: emb.sin()?.to_dtype(dtype)?.reshape(shape)?,
+        })
+    }
+
+    /// `x`: (B, H, T, D).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        x.broadcast_mul(&self.cos)? + rotated.broadcast_mul(&self.sin)?
+    }
+}
+
+/// Scaled dot-product attention with grouped KV heads, without copying K/V per group:
+/// the G query heads of a KV head are stacked along the time axis instead.
+/// `q`: (B, H, Tq, D); `k`, `v`: (B, KVH, Tk, D); `mask`: additive f32 (B, 1, Tq, Tk).
+/// Returns (B, Tq, H * D). Softmax runs in f32, as transformers' eager attention does.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let (b, h, tq, d) = q.dims4()?;
+    let (_, kvh, tk, _) = k.dims4()?;
+    let g = h / kvh;
+    let dtype = q.dtype();
+    let q = (q.contiguous()?.reshape((b, kvh, g * tq, d))? * (1.0 / (d as f64).sqrt()))?;
+    let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
+    let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
+    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+    let out = probs
+        .reshape((b, kvh, g * tq, tk))?
+        .matmul(&v.contiguous()?)?; // (B, KVH, G*Tq, D)
+    out.reshape((b, h, tq, d))?
+        .transpose(1, 2)?
+        .reshape((b, tq, h * d))
+}
+
+/// Additive mask (B, 1, Tq, Tk) in f32: query i (at absolute index `offset + i`) may see key j
+/// when j <= offset + i and key j is not padding. `key_mask`: (B, Tk) of 0/1.
+pub fn causal_mask(
+    key_mask: &[Vec<u8>],
+    tq: usize,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
+    let b = key_mask.len();
+    let tk = key_mask.first().map_or(0, |r| r.len());
+    let offset = tk - tq;
+    let mut data = vec![0f32; b * tq * tk];
+    for (row, keys) in key_mask.iter().enumerate() {
+        for i in 0..tq {
+            let line = &mut data[(row * tq + i) * tk..(row * tq + i + 1) * tk];
+            for (j, v) in line.iter_mut().enumerate() {
+                if j > offset + i || keys[j] == 0 {
+                    *v = f32::MIN;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(data, (b, 1, tq, tk), device)
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, mode)?.silu()?;
+        let up = self.up_proj.forward(x, mode)?;
+        self.down_proj.forward(&(gate * up)?, mode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn composed_rms_norm_matches_candle_fused_op() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 16), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, 16, &dev).unwrap();
+        let ours = RmsNorm {
+            weight: w.clone(),
+            eps: 1e-6,
+        }
+        .forward(&x)
+        .unwrap();
+        let fused = candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap();
+        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn composed_rope_matches_candle_fused_op() {
+        let dev = Device::Cpu;
+        let (b, h, t, d) = (2, 3, 5, 8);
+        let x = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+        let inv_freq = Tensor::new(&[1.0f32, 0.1, 0.01, 0.001], &dev).unwrap();
+        let pos = Tensor::arange(0u32, t as u32, &dev)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let pos = pos.repeat((b, 1)).unwrap();
+        let rope = Rope::new(&inv_freq, &pos, DType::F32).unwrap();
+        let ours = rope.apply(&x).unwrap();
+        let cos = rope
+            .cos
+            .get(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .narrow(1, 0, d / 2)
+            .unwrap();
+        let sin = rope
+            .sin
+            .get(0)
+            .unwrap()
+            .squeeze(0)
+            .unwrap()
+            .narrow(1, 0, d / 2)
+            .unwrap();
+        let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
+        let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn grouped_attention_equals_repeated_kv_heads() {
+        let dev = Device::Cpu;
+        let (b, h, kvh, t, d) = (2, 4, 2, 5, 8);
+        let q = Tensor::randn(0f32, 1.0, (b, h, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
+        let mask = causal_mask(&[vec![1; t], vec![0, 0, 1, 1, 1]], t, &dev).unwrap();
+        let ours = attention(&q, &k, &v, &mask).unwrap();
+        // Reference: transformers' repeat_kv (head h uses KV head h / G), then plain attention.
+        let rep = |x: &Tensor| {
+            let x = x
+                .unsqueeze(2)
+                .unwrap()
+                .repeat((1, 1, h / kvh, 1, 1))
+                .unwrap();
+            x.reshape((b, h, t, d)).unwrap()
+        };
+        let (k, v) = (rep(&k), rep(&v));
+        let s = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        let p = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        let reference = p
+            .matmul(&v)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, h * d))
+            .unwrap();
+        let diff = (ours - reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn causal_mask_blocks_future_and_padding() {
+        let m = causal_mask(&[vec![0, 1, 1]], 2, &Device::Cpu).unwrap();
+        let v: Vec<f32> = m.flatten_all().unwrap().to_vec1().unwrap();
+        // Queries at absolute 1 and 2; key 0 is padding.
+        assert_eq!(v, vec![f32::MIN, 0.0, f32::MIN, f32::MIN, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn seeded_dropout_is_reproducible_and_unbiased() {
+        let x = Tensor::ones((64, 64), DType::F32, &Device::Cpu).unwrap();
+        let a = dropout(&x, 0.25, 7).unwrap();
+        let b = dropout(&x, 0.25, 7).unwrap();
+        let c = dropout(&x, 0.25, 8).unwrap();
+        let same = |x: &Tensor, y: &Tensor| {
+            let d = (x - y).unwrap().abs().unwrap().max_all().unwrap();
+            d.to_scalar::<f32>().unwrap() == 0.0
+        };
+        assert!(same(&a, &b));
+        assert!(!same(&a, &c));
+        let mean = a.mean_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!((mean - 1.0).abs() < 0.05, "{mean}");
+    }
+}

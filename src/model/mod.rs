@@ -1,0 +1,539 @@
+//! The trainable decoder shared by Qwen3 and Llama 3.x: plain structs built from named tensors
+//! (Hugging Face names, so checkpoints load without renaming), a pure training forward over a
+//! padded batch, and a cached step for generation whose cache the caller owns.
+//! Reference: transformers' `modeling_qwen3.py` / `modeling_llama.py` (eager attention).
+
+pub mod config;
+pub mod generate;
+pub mod gguf;
+pub mod layers;
+pub mod load;
+pub mod lora;
+pub mod weights;
+
+use anyhow::Result as AnyResult;
+use candle_core::{DType, Device, Result, Tensor, Var};
+use config::{Arch, ModelConfig};
+use layers::{Linear, Mlp, Mode, RmsNorm, Rope, attention, causal_mask};
+use lora::LoraConfig;
+use weights::WeightSource;
+
+/// What of the model an optimiser may change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Trainable {
+    /// Nothing: inference only.
+    Frozen,
+    /// Every parameter (full fine-tuning).
+    Full,
+    /// LoRA adapters over a frozen base.
+    Lora(LoraConfig),
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    /// Qwen3 only: RMSNorm over each head's vector before RoPE.
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+/// One layer's keys and values so far: (B, KVH, T, D) each.
+#[derive(Default)]
+pub struct LayerCache {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
+/// A padded batch: token ids (B, T) u32, 0/1 attention mask per row, position ids (B, T) u32.
+pub struct Batch {
+    pub ids: Tensor,
+    pub mask: Vec<Vec<u8>>,
+    pub positions: Tensor,
+}
+
+impl Batch {
+    /// Builds a batch from rows of ids and masks, with position ids from the mask
+    /// (cumulative sum - 1, as transformers' `generate` does), so left and right padding both work.
+    pub fn new(ids: Vec<Vec<u32>>, mask: Vec<Vec<u8>>, device: &Device) -> Result<Self> {
+        let b = ids.len();
+        let t = ids.first().map_or(0, |r| r.len());
+        let positions: Vec<u32> = mask
+            .iter()
+            .flat_map(|row| {
+                let mut seen = 0u32;
+                row.iter()
+                    .map(move |&m| {
+                        seen += m as u32;
+                        if m == 0 { 1 } else { seen - 1 }
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(Self {
+            ids: Tensor::from_vec(ids.concat(), (b, t), device)?,
+            mask,
+            positions: Tensor::from_vec(positions, (b, t), device)?,
+        })
+    }
+
+    /// Left-pads `rows` to a common length with `pad_id`.
+    pub fn left_padded(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let ids = rows
+            .iter()
+            .map(|r| {
+                std::iter::repeat_n(pad_id, t - r.len())
+                    .chain(r.iter().copied())
+                    .collect()
+            })
+            .collect();
+        let mask = rows
+            .iter()
+            .map(|r| {
+                std::iter::repeat_n(0u8, t - r.len())
+                    .chain(std::iter::repeat_n(1u8, r.len()))
+                    .collect()
+            })
+            .collect();
+        Self::new(ids, mask, device)
+    }
+
+    /// Right-pads `rows` to a common length with `pad_id`.
+    pub fn right_padded(rows: &[Vec<u32>], pad_id: u32, device: &Device) -> Result<Self> {
+        let t = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+        let ids = rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .copied()
+                    .chain(std::iter::repeat_n(pad_id, t - r.len()))
+                    .collect()
+            })
+            .collect();
+        let mask = rows
+            .iter()
+            .map(|r| {
+                std::iter::repeat_n(1u8, r.len())
+                    .chain(std::iter::repeat_n(0u8, t - r.len()))
+                    .collect()
+            })
+            .collect();
+        Self::new(ids, mask, device)
+    }
+}
+
+/// A Qwen3 or Llama 3.x causal LM.
+pub struct Decoder {
+    pub config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+    dtype: DType,
+    device: Device,
+    trainable: Trainable,
+    /// Trainable variables with their checkpoint names (HF names, or PEFT's for adapters).
+    vars: Vec<(String, Var)>,
+}
+
+/// Hands out parameters: loaded from the source, wrapped in a `Var` when fully trainable.
+struct Builder<'a> {
+    source: &'a WeightSource,
+    dtype: DType,
+    device: &'a Device,
+    full: bool,
+    vars: Vec<(String, Var)>,
+}
+
+impl Builder<'_> {
+    fn get(&mut self, name: &str, shape: &[usize]) -> AnyResult<Tensor> {
+        let t = self.source.get(name, shape, self.dtype, self.device)?;
+        if !self.full {
+            return Ok(t);
+        }
+        let var = Var::from_tensor(&t)?;
+        let t = var.as_tensor().clone();
+        self.vars.push((name.to_string(), var));
+        Ok(t)
+    }
+
+    fn linear(
+        &mut self,
+        name: &str,
+        out: usize,
+        inp: usize,
+        bias: bool,
+        stream: u64,
+    ) -> AnyResult<Linear> {
+        let weight = self.get(&format!("{name}.weight"), &[out, inp])?;
+        let bias = if bias {
+            Some(self.get(&format!("{name}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+            stream,
+        })
+    }
+
+    fn norm(&mut self, name: &str, dim: usize, eps: f64) -> AnyResult<RmsNorm> {
+        Ok(RmsNorm {
+            weight: self.get(&format!("{name}.weight"), &[dim])?,
+            eps,
+        })
+    }
+}
+
+/// `inv_freq` (head_dim / 2,) in f32, with Llama 3 frequency scaling when configured
+/// (transformers' `_compute_llama3_parameters`).
+fn inv_freq(cfg: &ModelConfig, device: &Device) -> Result<Tensor> {
+    let d = cfg.head_dim;
+    let mut freqs: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
+    if let Some(s) = cfg.rope_scaling {
+        let old = s.original_max_position_embeddings as f32;
+        let low_wavelen = old / s.low_freq_factor as f32;
+        let high_wavelen = old / s.high_freq_factor as f32;
+        let factor = s.factor as f32;
+        for f in freqs.iter_mut() {
+            let wavelen = 2.0 * std::f32::consts::PI / *f;
+            if wavelen > low_wavelen {
+                *f /= factor;
+            } else if wavelen >= high_wavelen {
+                let smooth = (old / wavelen - s.low_freq_factor as f32)
+                    / (s.high_freq_factor - s.low_freq_factor) as f32;
+                *f = (1.0 - smooth) * *f / factor + smooth * *f;
+            }
+        }
+    }
+    Tensor::new(freqs, device)
+}
+
+impl Decoder {
+    /// Builds the model from named tensors. With `Trainable::Full` every parameter becomes a
+    /// variable; with `Trainable::Lora` fresh adapters (A random, B zero) sit over a frozen base.
+    pub fn new(
+        config: ModelConfig,
+        source: &WeightSource,
+        dtype: DType,
+        device: &Device,
+        trainable: Trainable,
+        seed: u64,
+    ) -> AnyResult<Self> {
+        let c = &config;
+        let mut p = Builder {
+            source,
+            dtype,
+            device,
+            full: trainable == Trainable::Full,
+            vars: Vec::new(),
+        };
+        let embed_tokens = p.get("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let (q_out, kv_out) = (
+            c.num_attention_heads * c.head_dim,
+            c.num_key_value_heads * c.head_dim,
+        );
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let pre = format!("model.layers.{i}");
+            let s = (i as u64) << 8;
+            let qk_norm = c.arch == Arch::Qwen3;
+            let self_attn = Attention {
+                q_proj: p.linear(
+                    &format!("{pre}.self_attn.q_proj"),
+                    q_out,
+                    c.hidden_size,
+                    c.attention_bias,
+                    s,
+                )?,
+                k_proj: p.linear(
+                    &format!("{pre}.self_attn.k_proj"),
+                    kv_out,
+                    c.hidden_size,
+                    c.attention_bias,
+                    s + 1,
+                )?,
+                v_proj: p.linear(
+                    &format!("{pre}.self_attn.v_proj"),
+                    kv_out,
+                    c.hidden_size,
+                    c.attention_bias,
+                    s + 2,
+                )?,
+                o_proj: p.linear(
+                    &format!("{pre}.self_attn.o_proj"),
+                    c.hidden_size,
+                    q_out,
+                    c.attention_bias,
+                    s + 3,
+                )?,
+                q_norm: qk_norm
+                    .then(|| {
+                        p.norm(
+                            &format!("{pre}.self_attn.q_norm"),
+                            c.head_dim,
+                            c.rms_norm_eps,
+                        )
+                    })
+                    .transpose()?,
+                k_norm: qk_norm
+                    .then(|| {
+                        p.norm(
+                            &format!("{pre}.self_attn.k_norm"),
+                            c.head_dim,
+                            c.rms_norm_eps,
+                        )
+                    })
+                    .transpose()?,
+            };
+            let mlp = Mlp {
+                gate_proj: p.linear(
+                    &format!("{pre}.mlp.gate_proj"),
+                    c.intermediate_size,
+                    c.hidden_size,
+                    c.mlp_bias,
+                    s + 4,
+                )?,
+                up_proj: p.linear(
+                    &format!("{pre}.mlp.up_proj"),
+                    c.intermediate_size,
+                    c.hidden_size,
+                    c.mlp_bias,
+                    s + 5,
+                )?,
+                down_proj: p.linear(
+                    &format!("{pre}.mlp.down_proj"),
+                    c.hidden_size,
+                    c.intermediate_size,
+                    c.mlp_bias,
+                    s + 6,
+                )?,
+            };
+            layers.push(Block {
+                input_layernorm: p.norm(
+                    &format!("{pre}.input_layernorm"),
+                    c.hidden_size,
+                    c.rms_norm_eps,
+                )?,
+                self_attn,
+                post_attention_layernorm: p.norm(
+                    &format!("{pre}.post_attention_layernorm"),
+                    c.hidden_size,
+                    c.rms_norm_eps,
+                )?,
+                mlp,
+            });
+        }
+        let norm = p.norm("model.norm", c.hidden_size, c.rms_norm_eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.clone()
+        } else {
+            p.get("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+        };
+        let vars = p.vars;
+        let mut model = Self {
+            inv_freq: inv_freq(c, device)?,
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device: device.clone(),
+            trainable: Trainable::Frozen,
+            vars,
+        };
+        model.trainable = trainable.clone();
+        if let Trainable::Lora(lora) = trainable {
+            lora::attach_fresh(&mut model, &lora, seed)?;
+        }
+        Ok(model)
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn trainable(&self) -> &Trainable {
+        &self.trainable
+    }
+
+    /// Trainable variables with their checkpoint names.
+    pub fn vars(&self) -> &[(String, Var)] {
+        &self.vars
+    }
+
+    /// Final hidden states (B, T, hidden) for a whole padded batch; no cache.
+    pub fn hidden_states(&self, batch: &Batch, mode: Mode) -> Result<Tensor> {
+        let mut caches: Vec<LayerCache> = (0..self.layers.len())
+            .map(|_| LayerCache::default())
+            .collect();
+        self.run(
+            &batch.ids,
+            &batch.positions,
+            &batch.mask,
+            &mut caches,
+            mode,
+            false,
+        )
+    }
+
+    /// Logits (B, T, V) at every position: the training forward.
+    pub fn forward(&self, batch: &Batch, mode: Mode) -> Result<Tensor> {
+        self.logits(&self.hidden_states(batch, mode)?)
+    }
+
+    /// Projects hidden states (..., hidden) onto the vocabulary.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        candle_nn::Module::forward(&candle_nn::Linear::new(self.lm_head.clone(), None), hidden)
+    }
+
+    /// One cached step of generation. `ids`, `positions`: (B, t) for the new tokens;
+    /// `key_mask`: per row, 0/1 over all keys so far including the new ones.
+    /// Returns final hidden states (B, t, hidden) and extends `caches`.
+    pub fn step(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_mask: &[Vec<u8>],
+        caches: &mut [LayerCache],
+    ) -> Result<Tensor> {
+        self.run(ids, positions, key_mask, caches, Mode::Eval, true)
+    }
+
+    pub fn new_cache(&self) -> Vec<LayerCache> {
+        (0..self.layers.len())
+            .map(|_| LayerCache::default())
+            .collect()
+    }
+
+    fn run(
+        &self,
+        ids: &Tensor,
+        positions: &Tensor,
+        key_mask: &[Vec<u8>],
+        caches: &mut [LayerCache],
+        mode: Mode,
+        keep_cache: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let c = &self.config;
+        let rope = Rope::new(&self.inv_freq, positions, self.dtype)?;
+        let mask = causal_mask(key_mask, t, &self.device)?;
+        let mut x = self
+            .embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            let h = layer.input_layernorm.forward(&x)?;
+            let a = &layer.self_attn;
+            let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+                let y = proj.forward(&h, mode)?.reshape((b, t, n, c.head_dim))?;
+                let y = match norm {
+                    Some(norm) => norm.forward(&y)?,
+                    None => y,
+                };
+                y.transpose(1, 2) // (B, n, T, D)
+            };
+            let q = rope.apply(&heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?)?;
+            let k = rope.apply(&heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?)?;
+            let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
+            let (k, v) = match (keep_cache, &cache.k, &cache.v) {
+                (true, Some(pk), Some(pv)) => {
+                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                }
+                _ => (k, v),
+            };
+            if keep_cache {
+                cache.k = Some(k.contiguous()?);
+                cache.v = Some(v.contiguous()?);
+            }
+            let attn = attention(&q, &k, &v, &mask)?;
+            x = (x + a.o_proj.forward(&attn, mode)?)?;
+            let h = layer.post_attention_layernorm.forward(&x)?;
+            x = (&x + layer.mlp.forward(&h, mode)?)?;
+        }
+        self.norm.forward(&x)
+    }
+
+    /// Every projection, with its HF module path, for adapters and merging.
+    fn linears_mut(&mut self) -> impl Iterator<Item = (String, &mut Linear)> {
+        self.layers.iter_mut().enumerate().flat_map(|(i, l)| {
+            let pre = format!("model.layers.{i}");
+            let a = &mut l.self_attn;
+            let m = &mut l.mlp;
+            [
+                (format!("{pre}.self_attn.q_proj"), &mut a.q_proj),
+                (format!("{pre}.self_attn.k_proj"), &mut a.k_proj),
+                (format!("{pre}.self_attn.v_proj"), &mut a.v_proj),
+                (format!("{pre}.self_attn.o_proj"), &mut a.o_proj),
+                (format!("{pre}.mlp.gate_proj"), &mut m.gate_proj),
+                (format!("{pre}.mlp.up_proj"), &mut m.up_proj),
+                (format!("{pre}.mlp.down_proj"), &mut m.down_proj),
+            ]
+        })
+    }
+
+    /// All base parameters by Hugging Face name (the head only when untied), for saving.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            self.embed_tokens.clone(),
+        )];
+        for (i, l) in self.layers.iter().enumerate() {
+            let pre = format!("model.layers.{i}");
+            let a = &l.self_attn;
+            let m = &l.mlp;
+            let mut push_linear = |name: &str, lin: &Linear| {
+                out.push((format!("{pre}.{name}.weight"), lin.weight.clone()));
+                if let Some(b) = &lin.bias {
+                    out.push((format!("{pre}.{name}.bias"), b.clone()));
+                }
+            };
+            push_linear("self_attn.q_proj", &a.q_proj);
+            push_linear("self_attn.k_proj", &a.k_proj);
+            push_linear("self_attn.v_proj", &a.v_proj);
+            push_linear("self_attn.o_proj", &a.o_proj);
+            push_linear("mlp.gate_proj", &m.gate_proj);
+            push_linear("mlp.up_proj", &m.up_proj);
+            push_linear("mlp.down_proj", &m.down_proj);
+            out.push((
+                format!("{pre}.input_layernorm.weight"),
+                l.input_layernorm.weight.clone(),
+            ));
+            out.push((
+                format!("{pre}.post_attention_layernorm.weight"),
+                l.post_attention_layernorm.weight.clone(),
+            ));
+            if let Some(n) = &a.q_norm {
+                out.push((format!("{pre}.self_attn.q_norm.weight"), n.weight.clone()));
+            }
+            if let Some(n) = &a.k_norm {
+                out.push((format!("{pre}.self_attn.k_norm.weight"), n.weight.clone()));
+            }
+        }
+        out.push(("model.norm.weight".to_string(), self.norm.weight.clone()));
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
+        }
+        out
+    }
+}

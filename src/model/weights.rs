@@ -1,0 +1,202 @@
+//! Where a decoder's tensors come from and go to: Hugging Face safetensors (one file or a sharded
+//! set with `model.safetensors.index.json`), an in-memory map (GGUF, random init), and atomic
+//! safetensors writes with the `format: pt` metadata transformers expects.
+
+use anyhow::{Context, Result, bail};
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A read-only source of named tensors.
+pub enum WeightSource {
+    Safetensors {
+        files: Vec<PathBuf>,
+        tensors: MmapedSafetensors,
+    },
+    Memory {
+        origin: String,
+        tensors: HashMap<String, Tensor>,
+    },
+}
+
+impl WeightSource {
+    /// The safetensors of a Hugging Face model directory.
+    pub fn from_hf_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            shard_files(&index)?
+        } else {
+            bail!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            );
+        };
+        Self::from_files(files)
+    }
+
+    pub fn from_files(files: Vec<PathBuf>) -> Result<Self> {
+        for f in &files {
+            check_safetensors_header(f)?;
+        }
+        // SAFETY: the files are opened read-only; edco never writes a file it has mapped, and
+        // checkpoints are written under a new name and renamed into place.
+        let tensors = unsafe { MmapedSafetensors::multi(&files) }
+            .with_context(|| format!("opening safetensors {}", display_list(&files)))?;
+        Ok(Self::Safetensors { files, tensors })
+    }
+
+    pub fn origin(&self) -> String {
+        match self {
+            Self::Safetensors { files, .. } => display_list(files),
+            Self::Memory { origin, .. } => origin.clone(),
+        }
+    }
+
+    /// The tensor `name`, checked against `shape`, converted to `dtype` on `device`.
+    pub fn get(
+        &self,
+        name: &str,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let t = match self {
+            Self::Safetensors { tensors, .. } => {
+                if tensors.get(name).is_err() {
+                    bail!("{}: missing tensor `{name}`", self.origin());
+                }
+                tensors
+                    .load(name, device)
+                    .with_context(|| format!("{}: reading tensor `{name}`", self.origin()))?
+            }
+            Self::Memory { tensors, .. } => tensors
+                .get(name)
+                .with_context(|| format!("{}: missing tensor `{name}`", self.origin()))?
+                .to_device(device)?,
+        };
+        if t.dims() != shape {
+            bail!(
+                "{}: tensor `{name}` has shape {:?}, the config implies {:?}",
+                self.origin(),
+                t.dims(),
+                shape
+            );
+        }
+        Ok(t.to_dtype(dtype)?)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Self::Safetensors { tensors, .. } => tensors.get(name).is_ok(),
+            Self::Memory { tensors, .. } => tensors.contains_key(name),
+        }
+    }
+}
+
+fn display_list(files: &[PathBuf]) -> String {
+    match files {
+        [one] => one.display().to_string(),
+        _ => format!(
+            "{} (+{} shards)",
+            files
+                .first()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
+            files.len().saturating_sub(1)
+        ),
+    }
+}
+
+/// The shard files named by `model.safetensors.index.json`, in a stable order.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let text =
+        std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: missing object `weight_map`", index.display()))?;
+    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
+    for f in &files {
+        if !f.is_file() {
+            bail!("{}: shard {} does not exist", index.display(), f.display());
+        }
+    }
+    Ok(files)
+}
+
+/// Validates that the header fits in the file and every tensor's byte range lies inside it, so a
+/// truncated download is reported by name instead of failing deep in a read.
+fn check_safetensors_header(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = f.metadata()?.len();
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .with_context(|| format!("{}: truncated safetensors file (no header)", path.display()))?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_len.saturating_sub(8) {
+        bail!(
+            "{}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {file_len})",
+            path.display()
+        );
+    }
+    let mut header = vec![0u8; header_len as usize];
+    f.read_exact(&mut header)?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: corrupt safetensors header", path.display()))?;
+    let data_len = file_len - 8 - header_len;
+    let end = json
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != "__metadata__")
+        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+        .max()
+        .unwrap_or(0);
+    if end > data_len {
+        bail!(
+            "{}: truncated safetensors file (tensors need {end} bytes of data, the file has {data_len})",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Writes `tensors` to `path` as safetensors with transformers' metadata, atomically.
+pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()> {
+    let mut cpu = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        cpu.push((name.as_str(), t.to_device(&Device::Cpu)?.contiguous()?));
+    }
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (*n, t)), metadata)
+        .with_context(|| format!("serialising {}", path.display()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `bytes` to a temporary sibling, syncs it, and renames it over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!(
+        "{}.tmp{}",
+        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
+        std::process::id()
+    ));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+}

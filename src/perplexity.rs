@@ -1,0 +1,114 @@
+//! Teacher-forced scoring of reference responses: per sample, the mean negative log-likelihood of
+//! the response tokens given the chat-formatted prompt. Serves `edco perplexity` and the static
+//! perplexity curriculum. The response is tokenized on its own and closed with the EOS token,
+//! the same layout SFT trains on.
+
+use crate::data::Sample;
+use crate::model::layers::Mode;
+use crate::model::{Batch, Decoder};
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result, bail};
+use candle_core::{D, DType};
+use serde::Serialize;
+
+/// A prompt and its response as token ids.
+#[derive(Debug, Clone)]
+pub struct Tokenized {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+/// Chat-formats the prompt and appends the EOS token to the response, truncating the prompt
+/// from the left when the pair exceeds `max_length`.
+pub fn tokenize_pair(
+    tok: &Tokenizer,
+    sample: &Sample,
+    template_args: &serde_json::Map<String, serde_json::Value>,
+    max_length: usize,
+) -> Result<Tokenized> {
+    let response = sample
+        .response
+        .as_deref()
+        .with_context(|| format!("sample `{}` has no response", sample.id))?;
+    let mut prompt = tok.encode_chat(&sample.messages, template_args)?;
+    let mut response = tok.encode(response, false)?;
+    if let Some(eos) = tok.meta.eos_token.as_deref().and_then(|t| tok.token_id(t)) {
+        response.push(eos);
+    }
+    response.truncate(max_length.saturating_sub(1).max(1));
+    let room = max_length.saturating_sub(response.len());
+    if prompt.len() > room {
+        prompt.drain(..prompt.len() - room);
+    }
+    if prompt.is_empty() {
+        bail!(
+            "sample `{}`: no room for the prompt within max_length {max_length}",
+            sample.id
+        );
+    }
+    Ok(Tokenized { prompt, response })
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Score {
+    pub id: String,
+    /// Mean negative log-likelihood (nats per response token).
+    pub nll: f64,
+    pub ppl: f64,
+    pub tokens: usize,
+}
+
+/// Per-row sums of log p(response token) for a right-padded batch of prompt + response.
+pub fn response_log_probs(
+    model: &Decoder,
+    pairs: &[Tokenized],
+    pad_id: u32,
+    mode: Mode,
+) -> Result<Vec<Vec<f32>>> {
+    let rows: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|p| [p.prompt.as_slice(), &p.response].concat())
+        .collect();
+    let batch = Batch::right_padded(&rows, pad_id, model.device())?;
+    let (b, t) = batch.ids.dims2()?;
+    let logits = model.forward(&batch, mode)?.to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?;
+    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
+    let picked: Vec<Vec<f32>> = log_probs.gather(&targets, 2)?.squeeze(2)?.to_vec2()?;
+    Ok((0..b)
+        .map(|r| {
+            let start = pairs[r].prompt.len() - 1;
+            picked[r][start..start + pairs[r].response.len()].to_vec()
+        })
+        .collect())
+}
+
+/// Scores every sample, `batch_size` at a time.
+pub fn score(
+    model: &Decoder,
+    tok: &Tokenizer,
+    samples: &[Sample],
+    template_args: &serde_json::Map<String, serde_json::Value>,
+    max_length: usize,
+    batch_size: usize,
+) -> Result<Vec<Score>> {
+    let pad = tok.pad_id();
+    let mut out = Vec::with_capacity(samples.len());
+    for chunk in samples.chunks(batch_size.max(1)) {
+        let pairs = chunk
+            .iter()
+            .map(|s| tokenize_pair(tok, s, template_args, max_length))
+            .collect::<Result<Vec<_>>>()?;
+        let lps = response_log_probs(model, &pairs, pad, Mode::Eval)?;
+        for (s, lp) in chunk.iter().zip(lps) {
+            let nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
+            out.push(Score {
+                id: s.id.clone(),
+                nll,
+                ppl: nll.exp(),
+                tokens: lp.len(),
+            });
+        }
+    }
+    Ok(out)
+}

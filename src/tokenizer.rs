@@ -1,0 +1,430 @@
+//! Tokenizers and chat templates. A model's `tokenizer.json` (or a byte-level BPE rebuilt from
+//! GGUF metadata) and its own Jinja chat template, rendered with minijinja set up the way
+//! transformers' `apply_chat_template` sets up jinja2 (trim/lstrip blocks, Python string methods,
+//! `raise_exception`, `strftime_now`, Python's `tojson`), so prompts come out byte-identical.
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use tokenizers::AddedToken;
+
+/// One chat turn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    pub fn new(role: &str, content: &str) -> Self {
+        Self {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// What `tokenizer_config.json` (or GGUF metadata) says besides the vocabulary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenizerMeta {
+    pub chat_template: Option<String>,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+    pub pad_token: Option<String>,
+    pub add_bos_token: bool,
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub meta: TokenizerMeta,
+}
+
+/// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
+fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+impl Tokenizer {
+    /// `tokenizer.json`, plus `tokenizer_config.json` and `chat_template.jinja` when present.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let mut meta = TokenizerMeta::default();
+        let cfg_path = dir.join("tokenizer_config.json");
+        if cfg_path.is_file() {
+            let text = std::fs::read_to_string(&cfg_path)
+                .with_context(|| format!("reading {}", cfg_path.display()))?;
+            let cfg: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}: malformed JSON", cfg_path.display()))?;
+            meta.bos_token = token_string(cfg.get("bos_token"));
+            meta.eos_token = token_string(cfg.get("eos_token"));
+            meta.pad_token = token_string(cfg.get("pad_token"));
+            meta.add_bos_token = cfg
+                .get("add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            meta.chat_template = match cfg.get("chat_template") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+                Some(other) => bail!(
+                    "{}: field `chat_template`: unexpected {other}",
+                    cfg_path.display()
+                ),
+            };
+        }
+        let jinja = dir.join("chat_template.jinja");
+        if jinja.is_file() {
+            meta.chat_template = Some(
+                std::fs::read_to_string(&jinja)
+                    .with_context(|| format!("reading {}", jinja.display()))?,
+            );
+        }
+        Ok(Self { inner, meta })
+    }
+
+    /// A byte-level BPE (GPT-2 style) from a vocabulary and merges, as GGUF stores them.
+    /// `pre` is llama.cpp's pre-tokenizer name: `smollm` (and similar) split digits one by one.
+    pub fn byte_level_bpe(
+        tokens: Vec<String>,
+        merges: Vec<String>,
+        special: &[(u32, String)],
+        pre: Option<&str>,
+        meta: TokenizerMeta,
+    ) -> Result<Self> {
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::pre_tokenizers::{
+            PreTokenizerWrapper, byte_level::ByteLevel, digits::Digits, sequence::Sequence,
+        };
+        let vocab: tokenizers::models::bpe::Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as u32))
+            .collect();
+        let merges = merges
+            .iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .with_context(|| format!("malformed merge `{m}`"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| anyhow!("building BPE: {e}"))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        let byte_level = ByteLevel::new(false, true, true);
+        let pre_tokenizer: PreTokenizerWrapper = match pre {
+            Some("smollm") | Some("llama3") | Some("llama-bpe") => Sequence::new(vec![
+                Digits::new(pre == Some("smollm")).into(),
+                byte_level.into(),
+            ])
+            .into(),
+            _ => byte_level.into(),
+        };
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        inner.with_decoder(Some(ByteLevel::default()));
+        inner.with_post_processor(Some(ByteLevel::new(true, false, true)));
+        let added: Vec<AddedToken> = special
+            .iter()
+            .map(|(_, t)| AddedToken::from(t.clone(), true))
+            .collect();
+        inner
+            .add_special_tokens(added)
+            .map_err(|e| anyhow!("adding special tokens: {e}"))?;
+        for (id, t) in special {
+            if inner.token_to_id(t) != Some(*id) {
+                bail!("special token `{t}` does not map back to id {id}");
+            }
+        }
+        Ok(Self { inner, meta })
+    }
+
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
+    pub fn save_dir(&self, dir: &Path) -> Result<()> {
+        let json = self
+            .inner
+            .to_string(false)
+            .map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
+        crate::model::weights::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        let cfg = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": self.meta.bos_token,
+            "eos_token": self.meta.eos_token,
+            "pad_token": self.meta.pad_token,
+            "add_bos_token": self.meta.add_bos_token,
+            "chat_template": self.meta.chat_template,
+            "clean_up_tokenization_spaces": false,
+        });
+        crate::model::weights::write_atomic(
+            &dir.join("tokenizer_config.json"),
+            serde_json::to_string_pretty(&cfg)?.as_bytes(),
+        )
+    }
+
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| anyhow!("decoding: {e}"))
+    }
+
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The id used to pad batches: the pad token, else the EOS token, else 0.
+    pub fn pad_id(&self) -> u32 {
+        [&self.meta.pad_token, &self.meta.eos_token]
+            .into_iter()
+            .flatten()
+            .find_map(|t| self.token_id(t))
+            .unwrap_or(0)
+    }
+
+    /// Renders `messages` with the model's chat template. `extra` holds template variables such as
+    /// `enable_thinking` (Qwen3) or `date_string` (Llama 3).
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
+        let template = self.meta.chat_template.as_deref().context(
+            "this model has no chat template (tokenizer_config.json `chat_template`); configure one or use raw prompts",
+        )?;
+        render_chat_template(template, messages, add_generation_prompt, &self.meta, extra)
+    }
+
+    /// Chat-formatted token ids for a prompt, ready for generation.
+    pub fn encode_chat(
+        &self,
+        messages: &[Message],
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<u32>> {
+        // The template already writes BOS where the model wants it, as transformers assumes.
+        self.encode(&self.apply_chat_template(messages, true, extra)?, false)
+    }
+}
+
+/// Renders a Hugging Face chat template the way transformers does.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[Message],
+    add_generation_prompt: bool,
+    meta: &TokenizerMeta,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Result<String> {
+    use minijinja::{Environment, Error, ErrorKind, Value};
+    let mut env = Environment::new();
+    env.set_syntax(
+        minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .context("configuring the template syntax")?,
+    );
+    minijinja_contrib::add_to_environment(&mut env);
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
+    env.add_filter("tojson", python_tojson);
+    env.add_template("chat_template", template)
+        .context("parsing the chat template")?;
+    let mut ctx = serde_json::Map::new();
+    ctx.insert("messages".into(), serde_json::to_value(messages)?);
+    ctx.insert("add_generation_prompt".into(), add_generation_prompt.into());
+    for (k, v) in [
+        ("bos_token", &meta.bos_token),
+        ("eos_token", &meta.eos_token),
+        ("pad_token", &meta.pad_token),
+    ] {
+        if let Some(v) = v {
+            ctx.insert(k.into(), v.clone().into());
+        }
+    }
+    for (k, v) in extra {
+        ctx.insert(k.clone(), v.clone());
+    }
+    env.get_template("chat_template")?
+        .render(Value::from(minijinja::value::Serde(&ctx)))
+        .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
+}
+
+/// Python's `json.dumps(x, ensure_ascii=False)` (separators `", "` and `": "`), which is what
+/// transformers' `tojson` filter produces.
+fn python_tojson(value: minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
+    struct PyFormatter;
+    impl serde_json::ser::Formatter for PyFormatter {
+        fn begin_array_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_key<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+            first: bool,
+        ) -> std::io::Result<()> {
+            if first { Ok(()) } else { w.write_all(b", ") }
+        }
+        fn begin_object_value<W: ?Sized + std::io::Write>(
+            &mut self,
+            w: &mut W,
+        ) -> std::io::Result<()> {
+            w.write_all(b": ")
+        }
+    }
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
+    serde::Serialize::serialize(&value, &mut ser).map_err(|e| {
+        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
+    })?;
+    Ok(minijinja::Value::from_safe_string(
+        String::from_utf8_lossy(&out).into_owned(),
+    ))
+}
+
+/// `strftime_now(fmt)` as transformers provides it, for today's UTC date (`%d %b %Y` and the
+/// other date fields Llama templates use).
+fn strftime_now(fmt: &str) -> Result<String, minijinja::Error> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(format_date(secs / 86_400, fmt))
+}
+
+fn format_date(days_since_epoch: u64, fmt: &str) -> String {
+    // Howard Hinnant's civil-from-days.
+    let z = days_since_epoch as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    let name = MONTHS[(month - 1) as usize];
+    let mut out = String::new();
+    let mut chars = fmt.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&format!("{day:02}")),
+            Some('m') => out.push_str(&format!("{month:02}")),
+            Some('Y') => out.push_str(&year.to_string()),
+            Some('b') => out.push_str(&name[..3]),
+            Some('B') => out.push_str(name),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_format_like_python_strftime() {
+        // 2024-07-26 is day 19930 since 1970-01-01.
+        assert_eq!(format_date(19_930, "%d %b %Y"), "26 Jul 2024");
+        assert_eq!(format_date(0, "%Y-%m-%d %B"), "1970-01-01 January");
+        assert_eq!(format_date(11_016, "%d %b %Y"), "29 Feb 2000");
+    }
+
+    #[test]
+    fn tojson_matches_python_json_dumps() {
+        let v = minijinja::Value::from(minijinja::value::Serde(
+            serde_json::json!({"a": [1, "é"], "b": {"c": null}}),
+        ));
+        assert_eq!(
+            python_tojson(v).unwrap().to_string(),
+            r#"{"a": [1, "é"], "b": {"c": null}}"#
+        );
+    }
+
+    #[test]
+    fn templates_get_transformers_jinja_settings() {
+        let template = "{% for m in messages %}\n  {{ m.role | upper }}: {{ m.content.strip() }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
+        let meta = TokenizerMeta::default();
+        let out = render_chat_template(
+            template,
+            &[Message::new("user", " hi ")],
+            true,
+            &meta,
+            &Default::default(),
+        )
+        .unwrap();
+        assert_eq!(out, "USER: hi\nA:");
+        let e = render_chat_template(
+            "{{ raise_exception('no system role') }}",
+            &[],
+            false,
+            &meta,
+            &Default::default(),
+        )
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("no system role"));
+    }
+
+    #[test]
+    fn missing_template_is_a_clear_error() {
+        let inner = tokenizers::Tokenizer::new(tokenizers::models::bpe::BPE::default());
+        let tok = Tokenizer {
+            inner,
+            meta: TokenizerMeta::default(),
+        };
+        let e = tok
+            .apply_chat_template(&[Message::new("user", "x")], true, &Default::default())
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("no chat template"));
+    }
+}
