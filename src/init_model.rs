@@ -78,7 +78,7 @@ pub fn init_model(spec: &InitSpec, tokenizer: Option<&Path>, out: &Path) -> Resu
         Some(dir) => Tokenizer::from_dir(dir)?,
         None => byte_tokenizer()?,
     };
-    if spec.num_attention_heads == 0 || spec.hidden_size % spec.num_attention_heads != 0 {
+    if spec.num_attention_heads == 0 || !spec.hidden_size.is_multiple_of(spec.num_attention_heads) {
         bail!(
             "--hidden-size {} is not a multiple of --heads {}",
             spec.hidden_size,

@@ -228,22 +228,9 @@ mod tests {
         let pos = pos.repeat((b, 1)).unwrap();
         let rope = Rope::new(&inv_freq, &pos, DType::F32).unwrap();
         let ours = rope.apply(&x).unwrap();
-        let cos = rope
-            .cos
-            .get(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .narrow(1, 0, d / 2)
-            .unwrap();
-        let sin = rope
-            .sin
-            .get(0)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .narrow(1, 0, d / 2)
-            .unwrap();
+        // candle's fused op takes the (T, D/2) half-tables of row 0 (all rows share positions).
+        let half = |t: &Tensor| t.get(0)?.squeeze(0)?.narrow(1, 0, d / 2)?.contiguous();
+        let (cos, sin) = (half(&rope.cos).unwrap(), half(&rope.sin).unwrap());
         let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);

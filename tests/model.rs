@@ -1,0 +1,318 @@
+//! Properties of the model layer on the briefly trained tiny fixtures (their logits are far from
+//! uniform, so a wrong mask, position or cache shows): cached generation equals the uncached
+//! forward, batching does not change a row, gradients reach exactly the trainable parameters,
+//! LoRA with B = 0 is the base, merged equals unmerged, and checkpoints round-trip bit-exactly.
+
+mod common;
+
+use candle_core::{D, DType, Device, Tensor};
+use common::{fixture, max_abs_diff};
+use edco::init_model::byte_tokenizer;
+use edco::model::config::ModelConfig;
+use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use edco::model::layers::Mode;
+use edco::model::load::save_hf_dir;
+use edco::model::lora::{self, LoraConfig};
+use edco::model::weights::WeightSource;
+use edco::model::{Batch, Decoder, Trainable};
+
+const ARCHS: [&str; 2] = ["tiny-qwen3", "tiny-llama3"];
+
+fn load(name: &str, trainable: Trainable) -> Decoder {
+    let dir = fixture(name);
+    let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
+    let w = WeightSource::from_hf_dir(&dir).unwrap();
+    Decoder::new(cfg, &w, DType::F32, &Device::Cpu, trainable, 1).unwrap()
+}
+
+fn prompts() -> Vec<Prompt> {
+    [
+        vec![5u32, 17, 33, 2 + 40, 9],
+        vec![100, 3, 7, 250, 11, 12, 13, 14, 15],
+        vec![77, 78],
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, ids)| Prompt {
+        ids,
+        seed: 1000 + i as u64,
+    })
+    .collect()
+}
+
+fn opts(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        sampling: Sampling::Sample {
+            temperature: 1.0,
+            top_p: 0.95,
+            top_k: 0,
+        },
+        eos_token_ids: vec![],
+        pad_id: 0,
+        keep_log_probs: false,
+    }
+}
+
+/// Entropy and log p(next token) at every position of one unpadded sequence, uncached.
+fn uncached_stats(model: &Decoder, ids: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let batch = Batch::right_padded(&[ids.to_vec()], 0, &Device::Cpu).unwrap();
+    let logits = model
+        .forward(&batch, Mode::Eval)
+        .unwrap()
+        .squeeze(0)
+        .unwrap();
+    let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+    let entropy: Vec<f32> = (lsm.exp().unwrap() * &lsm)
+        .unwrap()
+        .sum(D::Minus1)
+        .unwrap()
+        .neg()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let lsm: Vec<Vec<f32>> = lsm.to_vec2().unwrap();
+    let next: Vec<f32> = (0..ids.len() - 1)
+        .map(|t| lsm[t][ids[t + 1] as usize])
+        .collect();
+    (entropy, next)
+}
+
+#[test]
+fn cached_generation_equals_uncached_forward() {
+    for name in ARCHS {
+        let model = load(name, Trainable::Frozen);
+        let ps = prompts();
+        let gens = generate(&model, &ps, &opts(10)).unwrap();
+        for (p, g) in ps.iter().zip(&gens) {
+            assert_eq!(g.tokens.len(), 10);
+            let full: Vec<u32> = p.ids.iter().chain(&g.tokens).copied().collect();
+            let (entropy, next) = uncached_stats(&model, &full);
+            let n = p.ids.len();
+            for k in 0..g.tokens.len() {
+                let t = n - 1 + k;
+                assert!(
+                    (entropy[t] - g.entropies[k]).abs() < 1e-4,
+                    "{name} step {k}: {} vs {}",
+                    entropy[t],
+                    g.entropies[k]
+                );
+                assert!(
+                    (next[t] - g.token_log_probs[k]).abs() < 1e-4,
+                    "{name} step {k}"
+                );
+            }
+        }
+        // The fixture is not near-uniform: entropies well below ln(320) = 5.77.
+        let mean = gens.iter().flat_map(|g| &g.entropies).sum::<f32>() / 30.0;
+        assert!(mean < 5.0, "{name}: mean entropy {mean}");
+    }
+}
+
+#[test]
+fn a_row_generates_the_same_alone_and_in_a_mixed_batch() {
+    for name in ARCHS {
+        let model = load(name, Trainable::Frozen);
+        let ps = prompts();
+        let together = generate(&model, &ps, &opts(8)).unwrap();
+        for (i, p) in ps.iter().enumerate() {
+            let alone = generate(&model, std::slice::from_ref(p), &opts(8)).unwrap();
+            assert_eq!(alone[0].tokens, together[i].tokens, "{name} row {i}");
+            for (a, b) in alone[0].entropies.iter().zip(&together[i].entropies) {
+                assert!((a - b).abs() < 1e-4);
+            }
+        }
+    }
+}
+
+#[test]
+fn generation_stops_at_eos_and_drops_finished_rows() {
+    let model = load("tiny-qwen3", Trainable::Frozen);
+    let ps = prompts();
+    let free = generate(&model, &ps, &opts(6)).unwrap();
+    // Make row 0's third token an EOS: it must stop there while the others go on unchanged.
+    let eos = free[0].tokens[2];
+    let mut o = opts(6);
+    o.eos_token_ids = vec![eos];
+    let stopped = generate(&model, &ps, &o).unwrap();
+    let first = free[0].tokens.iter().position(|&t| t == eos).unwrap();
+    assert_eq!(stopped[0].tokens, free[0].tokens[..=first]);
+    assert!(stopped[0].finished);
+    for i in 1..ps.len() {
+        let cut = free[i]
+            .tokens
+            .iter()
+            .position(|&t| t == eos)
+            .map_or(6, |p| p + 1);
+        assert_eq!(stopped[i].tokens, free[i].tokens[..cut], "row {i}");
+    }
+}
+
+fn loss(model: &Decoder, mode: Mode) -> Tensor {
+    let rows = vec![vec![1u32, 2, 3, 4, 5, 6], vec![9u32, 8, 7]];
+    let batch = Batch::left_padded(&rows, 0, &Device::Cpu).unwrap();
+    let logits = model.forward(&batch, mode).unwrap();
+    let (b, t, v) = logits.dims3().unwrap();
+    let targets = Tensor::new(&[[2u32, 3, 4, 5, 6, 7], [0, 0, 0, 8, 7, 6]], &Device::Cpu).unwrap();
+    candle_nn::loss::cross_entropy(
+        &logits.reshape((b * t, v)).unwrap(),
+        &targets.flatten_all().unwrap(),
+    )
+    .unwrap()
+}
+
+fn grad_norm(grads: &candle_core::backprop::GradStore, t: &Tensor) -> Option<f32> {
+    grads.get(t).map(|g| {
+        g.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    })
+}
+
+#[test]
+fn gradients_reach_every_parameter_in_full_fine_tuning() {
+    for name in ARCHS {
+        let model = load(name, Trainable::Full);
+        let n_params = model.named_parameters().len();
+        assert_eq!(
+            model.vars().len(),
+            n_params,
+            "{name}: every parameter is a variable"
+        );
+        let grads = loss(&model, Mode::Train { seed: 0 }).backward().unwrap();
+        for (pname, var) in model.vars() {
+            let g = grad_norm(&grads, var.as_tensor()).unwrap_or(0.0);
+            assert!(g > 0.0, "{name}: `{pname}` got no gradient");
+        }
+    }
+}
+
+fn random_b(model: &Decoder) {
+    for (i, (name, var)) in model.vars().iter().enumerate() {
+        if name.contains("lora_B") {
+            let t = Tensor::randn(0f32, 0.5, var.shape(), &Device::Cpu).unwrap();
+            let t = (t * (1.0 + i as f64 * 1e-3)).unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+}
+
+fn lora_cfg() -> LoraConfig {
+    LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        ..LoraConfig::default()
+    }
+}
+
+#[test]
+fn lora_trains_only_adapters_and_starts_at_the_base() {
+    for name in ARCHS {
+        let base = load(name, Trainable::Frozen);
+        let model = load(name, Trainable::Lora(lora_cfg()));
+        // 7 projections x 2 layers x (A, B)
+        assert_eq!(model.vars().len(), 28);
+        let batch =
+            Batch::left_padded(&[vec![3u32, 1, 4, 1, 5], vec![9, 2]], 0, &Device::Cpu).unwrap();
+        let l0 = base.forward(&batch, Mode::Eval).unwrap();
+        let l1 = model.forward(&batch, Mode::Eval).unwrap();
+        assert_eq!(
+            max_abs_diff(&l0, &l1),
+            0.0,
+            "{name}: B = 0 must equal the base"
+        );
+
+        random_b(&model);
+        let grads = loss(&model, Mode::Train { seed: 0 }).backward().unwrap();
+        for (pname, var) in model.vars() {
+            assert!(
+                grad_norm(&grads, var.as_tensor()).unwrap_or(0.0) > 0.0,
+                "{name}: `{pname}` got no gradient"
+            );
+        }
+        for (pname, t) in model.named_parameters() {
+            assert!(
+                grads.get(&t).is_none(),
+                "{name}: frozen `{pname}` got a gradient"
+            );
+        }
+        // Switching adapters off gives the base back.
+        let off = model.forward(&batch, Mode::BaseOnly).unwrap();
+        assert_eq!(max_abs_diff(&l0, &off), 0.0);
+    }
+}
+
+#[test]
+fn merged_lora_equals_unmerged() {
+    for name in ARCHS {
+        let mut model = load(name, Trainable::Lora(lora_cfg()));
+        random_b(&model);
+        let batch =
+            Batch::right_padded(&[vec![3u32, 1, 4, 1, 5], vec![9, 2]], 0, &Device::Cpu).unwrap();
+        let unmerged = model.forward(&batch, Mode::Eval).unwrap();
+        let base = load(name, Trainable::Frozen)
+            .forward(&batch, Mode::Eval)
+            .unwrap();
+        assert!(
+            max_abs_diff(&unmerged, &base) > 1e-2,
+            "{name}: the adapter must change the output"
+        );
+        lora::merge(&mut model).unwrap();
+        let merged = model.forward(&batch, Mode::Eval).unwrap();
+        assert!(max_abs_diff(&unmerged, &merged) < 1e-4, "{name}");
+    }
+}
+
+#[test]
+fn adapter_round_trips_bit_exactly_in_peft_layout() {
+    let model = load("tiny-qwen3", Trainable::Lora(lora_cfg()));
+    random_b(&model);
+    let dir = tempfile::tempdir().unwrap();
+    lora::save_adapter(&model, dir.path(), "tiny-qwen3").unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["peft_type"], "LORA");
+    assert_eq!(cfg["r"], 4);
+    let mut fresh = load("tiny-qwen3", Trainable::Frozen);
+    lora::load_adapter(&mut fresh, dir.path()).unwrap();
+    assert_eq!(fresh.vars().len(), model.vars().len());
+    for ((n1, v1), (n2, v2)) in model.vars().iter().zip(fresh.vars()) {
+        assert_eq!(n1, n2);
+        assert!(n1.starts_with("base_model.model.model.layers."), "{n1}");
+        assert_eq!(max_abs_diff(v1.as_tensor(), v2.as_tensor()), 0.0, "{n1}");
+    }
+}
+
+#[test]
+fn full_checkpoint_round_trips_bit_exactly() {
+    for name in ARCHS {
+        let model = load(name, Trainable::Full);
+        // Change a weight so the check is not just the fixture read twice.
+        let (_, v) = &model.vars()[3];
+        v.set(&(v.as_tensor() * 1.5).unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("ckpt");
+        save_hf_dir(&model, &byte_tokenizer().unwrap(), &[2], &out).unwrap();
+        let cfg = ModelConfig::from_file(&out.join("config.json")).unwrap();
+        assert_eq!(cfg, model.config);
+        let w = WeightSource::from_hf_dir(&out).unwrap();
+        let back = Decoder::new(cfg, &w, DType::F32, &Device::Cpu, Trainable::Frozen, 0).unwrap();
+        for ((n1, a), (n2, b)) in model.named_parameters().iter().zip(back.named_parameters()) {
+            assert_eq!(n1, &n2);
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                a.flatten_all().unwrap().to_vec1().unwrap(),
+                b.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}: {n1}"
+            );
+        }
+    }
+}
