@@ -19,10 +19,14 @@ use edco::model::{Batch, Decoder, Trainable};
 const ARCHS: [&str; 2] = ["tiny-qwen3", "tiny-llama3"];
 
 fn load(name: &str, trainable: Trainable) -> Decoder {
+    load_as(name, trainable, DType::F32)
+}
+
+fn load_as(name: &str, trainable: Trainable, dtype: DType) -> Decoder {
     let dir = fixture(name);
     let cfg = ModelConfig::from_file(&dir.join("config.json")).unwrap();
     let w = WeightSource::from_hf_dir(&dir).unwrap();
-    Decoder::new(cfg, &w, DType::F32, &Device::Cpu, trainable, 1).unwrap()
+    Decoder::new(cfg, &w, dtype, &Device::Cpu, trainable, 1).unwrap()
 }
 
 fn prompts() -> Vec<Prompt> {
@@ -162,14 +166,15 @@ fn loss(model: &Decoder, mode: Mode) -> Tensor {
 }
 
 fn grad_norm(grads: &candle_core::backprop::GradStore, t: &Tensor) -> Option<f32> {
-    grads.get(t).map(|g| {
+    let g = grads.get(t)?.to_dtype(DType::F32).unwrap();
+    Some(
         g.sqr()
             .unwrap()
             .sum_all()
             .unwrap()
             .to_scalar::<f32>()
-            .unwrap()
-    })
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -314,5 +319,42 @@ fn full_checkpoint_round_trips_bit_exactly() {
                 "{name}: {n1}"
             );
         }
+    }
+}
+
+#[test]
+fn bf16_forward_is_close_to_f32_and_trains() {
+    for name in ARCHS {
+        let batch =
+            Batch::left_padded(&[vec![3u32, 1, 4, 1, 5, 9], vec![2, 6]], 0, &Device::Cpu).unwrap();
+        let f32_logits = load(name, Trainable::Frozen)
+            .forward(&batch, Mode::Eval)
+            .unwrap();
+        let model = load_as(name, Trainable::Full, DType::BF16);
+        let bf16_logits = model.forward(&batch, Mode::Eval).unwrap();
+        assert_eq!(bf16_logits.dtype(), DType::BF16);
+        let (mut worst, mut n) = (0f32, 0);
+        for (b, len) in [(0usize, 6usize), (1, 2)] {
+            for t in 6 - len..6 {
+                let d = max_abs_diff(
+                    &f32_logits.get(b).unwrap().get(t).unwrap(),
+                    &bf16_logits.get(b).unwrap().get(t).unwrap(),
+                );
+                worst = worst.max(d);
+                n += 1;
+            }
+        }
+        // bf16 keeps ~3 significant digits; logits here are O(1-10).
+        assert!(
+            worst < 0.25,
+            "{name}: bf16 differs from f32 by {worst} over {n} positions"
+        );
+        let grads = loss(&model, Mode::Train { seed: 0 }).backward().unwrap();
+        assert!(
+            model
+                .vars()
+                .iter()
+                .all(|(_, v)| grad_norm(&grads, v.as_tensor()).is_some_and(|g| g > 0.0))
+        );
     }
 }

@@ -1,0 +1,152 @@
+//! Model-layer throughput on CPU, the two loops users wait on: a full fine-tuning step
+//! (forward + cross-entropy + backward + AdamW) at batch 4 x 256, and batched greedy generation
+//! with per-token entropy (16 left-padded prompts of 8..40 tokens, 64 new tokens each). The same
+//! shapes as scripts/bench_torch.py, which scripts/bench_model.sh runs beside this for the ratio.
+//!
+//! `cargo bench --bench model -- --gguf FILE --case train|generate [--warmup N] [--steps N]`
+//! prints one JSON object.
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use edco::model::layers::Mode;
+use edco::model::load::{LoadOptions, load};
+use edco::model::{Batch, Trainable};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::time::Instant;
+
+struct Args {
+    gguf: String,
+    case: String,
+    warmup: usize,
+    steps: usize,
+}
+
+fn parse() -> Result<Args> {
+    let mut a = Args {
+        gguf: String::new(),
+        case: "train".into(),
+        warmup: 1,
+        steps: 3,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--gguf" => a.gguf = value()?,
+            "--case" => a.case = value()?,
+            "--warmup" => a.warmup = value()?.parse()?,
+            "--steps" => a.steps = value()?.parse()?,
+            "--bench" => {}
+            other => anyhow::bail!("unknown argument {other}"),
+        }
+    }
+    anyhow::ensure!(!a.gguf.is_empty(), "--gguf FILE is required");
+    Ok(a)
+}
+
+fn random_ids(rng: &mut StdRng, n: usize, first: u32, vocab: u32) -> Vec<u32> {
+    (0..n).map(|_| rng.random_range(first..vocab)).collect()
+}
+
+fn main() -> Result<()> {
+    let args = parse()?;
+    let trainable = if args.case == "train" {
+        Trainable::Full
+    } else {
+        Trainable::Frozen
+    };
+    let t0 = Instant::now();
+    let m = load(
+        &args.gguf,
+        &LoadOptions {
+            trainable,
+            ..Default::default()
+        },
+    )?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let vocab = m.model.config.vocab_size as u32;
+    let mut rng = StdRng::seed_from_u64(0);
+    // Ordinary tokens only, above SmolLM2's 17 special tokens.
+    let first = 17;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
+    let result = match args.case.as_str() {
+        "train" => {
+            let (b, t) = (4, 256);
+            let rows: Vec<Vec<u32>> = (0..b)
+                .map(|_| random_ids(&mut rng, t, first, vocab))
+                .collect();
+            let batch = Batch::right_padded(&rows, 0, &Device::Cpu)?;
+            let targets = batch.ids.narrow(1, 1, t - 1)?.flatten_all()?;
+            let vars = m.model.vars().iter().map(|(_, v)| v.clone()).collect();
+            let mut opt = AdamW::new(
+                vars,
+                ParamsAdamW {
+                    lr: 1e-5,
+                    ..Default::default()
+                },
+            )?;
+            let mut step = |seed: u64| -> Result<f32> {
+                let logits = m.model.forward(&batch, Mode::Train { seed })?;
+                let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
+                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                opt.backward_step(&loss)?;
+                Ok(loss.to_scalar::<f32>()?)
+            };
+            for i in 0..args.warmup {
+                step(i as u64)?;
+            }
+            let start = Instant::now();
+            let mut losses = Vec::new();
+            for i in 0..args.steps {
+                losses.push(step(1000 + i as u64)?);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            serde_json::json!({
+                "tool": "edco", "case": "train", "threads": threads, "load_seconds": load_seconds,
+                "batch": b, "seq_len": t, "timed_steps": args.steps,
+                "seconds_per_step": secs / args.steps as f64,
+                "tokens_per_s": (b * t * args.steps) as f64 / secs, "losses": losses,
+            })
+        }
+        "generate" => {
+            let prompts: Vec<Prompt> = (0..16)
+                .map(|i| {
+                    let n = (8.0 + 32.0 * i as f64 / 15.0).round() as usize;
+                    Prompt {
+                        ids: random_ids(&mut rng, n, first, vocab),
+                        seed: i,
+                    }
+                })
+                .collect();
+            let opts = GenerateOptions {
+                max_new_tokens: 64,
+                sampling: Sampling::Greedy,
+                eos_token_ids: vec![],
+                pad_id: m.tokenizer.pad_id(),
+                keep_log_probs: false,
+            };
+            for _ in 0..args.warmup {
+                generate(&m.model, &prompts, &opts)?;
+            }
+            let start = Instant::now();
+            let mut mean_entropy = 0f32;
+            for _ in 0..args.steps {
+                let gens = generate(&m.model, &prompts, &opts)?;
+                anyhow::ensure!(gens.iter().all(|g| g.tokens.len() == 64));
+                mean_entropy = gens.iter().flat_map(|g| &g.entropies).sum::<f32>() / (16.0 * 64.0);
+            }
+            let secs = start.elapsed().as_secs_f64();
+            serde_json::json!({
+                "tool": "edco", "case": "generate", "threads": threads, "load_seconds": load_seconds,
+                "prompts": 16, "new_tokens_per_row": 64, "timed_iters": args.steps,
+                "seconds_per_iter": secs / args.steps as f64,
+                "new_tokens_per_s": (16 * 64 * args.steps) as f64 / secs, "mean_entropy": mean_entropy,
+            })
+        }
+        other => anyhow::bail!("unknown case {other}: train or generate"),
+    };
+    println!("{result}");
+    Ok(())
+}
