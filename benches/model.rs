@@ -126,6 +126,7 @@ fn main() -> Result<()> {
                 eos_token_ids: vec![],
                 pad_id: m.tokenizer.pad_id(),
                 keep_log_probs: false,
+                samples_per_prompt: 1,
             };
             for _ in 0..args.warmup {
                 generate(&m.model, &prompts, &opts)?;

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference values from PyTorch/transformers for edco's parity tests.
 
-Two subcommands:
+Three subcommands:
 
   make-fixtures --out tests/fixtures [--qwen3-tokenizer DIR] [--smollm2-gguf FILE]
       Builds two tiny float32 checkpoints (tiny-qwen3: Qwen3ForCausalLM with tied
@@ -16,10 +16,30 @@ Two subcommands:
       transformers builds out of the SmolLM2 GGUF, and from the Llama 3.2 Instruct
       chat template in <out>/llama3_chat_template.jinja (a verbatim copy of the
       template in meta-llama/Llama-3.2-1B-Instruct's tokenizer_config.json; it is
-      committed, not generated). Library versions go into VERSIONS.json, into
-      the metadata of each reference.safetensors and into the JSON. Every random
-      choice is seeded, so a rerun with the same library versions reproduces
-      the files.
+      committed, not generated). It ends with what make-greedy writes. Library
+      versions go into VERSIONS.json, into the metadata of each
+      reference.safetensors and greedy.safetensors and into the JSON. Every
+      random choice is seeded, so a rerun with the same library versions
+      reproduces the files.
+
+  make-greedy --out tests/fixtures
+      Loads the tiny-qwen3 and tiny-llama3 checkpoints already in --out (eager
+      attention) and writes greedy.safetensors next to each, touching nothing
+      else: for three prompts of 5, 9 and 3 ids in 3..300 (seeded with
+      GREEDY_SEED), each run alone (batch 1, no padding) through
+      model.generate(input_ids, attention_mask=ones, do_sample=False,
+      max_new_tokens=12, min_new_tokens=12, eos_token_id=None, pad_token_id=0,
+      output_logits=True, output_scores=True, return_dict_in_generate=True):
+        prompt_<i>   int64 (n_i,)  the prompt ids
+        tokens_<i>   int64 (12,)   the generated ids
+        entropy_<i>  float32 (12,) entropy in nats of softmax(raw logits) at
+                                   each generated step, computed in float64
+        logprob_<i>  float32 (12,) log_softmax(raw logits) at the chosen id
+      "Raw logits" are generate's out.logits (no logits processors apply, and
+      the script checks that out.scores equals them). It asserts that every
+      generated id is the argmax of the raw logits and that the top-1/top-2
+      gap is at least GREEDY_MIN_MARGIN, so float32 reordering in another
+      implementation cannot flip a token.
 
   check-checkpoint --dir D [--tol 1e-4]
       D holds expected.safetensors (input_ids, attention_mask, position_ids,
@@ -61,6 +81,17 @@ TRAIN_LR = 1e-2
 ROW_LAYOUT = [(0, 12, 0), (4, 8, 0), (0, 9, 3), (7, 5, 0)]
 REF_LEN = 12
 
+# make-greedy: prompt lengths, ids drawn uniformly from GREEDY_IDS (inclusive).
+GREEDY_PROMPT_LENS = [5, 9, 3]
+GREEDY_IDS = (3, 300)
+GREEDY_NEW_TOKENS = 12
+# Own seed for the prompts: with SEED, tiny-qwen3's first prompt has a step
+# whose top-1/top-2 logit gap is only 1.2e-3; with 1236 the smallest gap over
+# both models is 0.085.
+GREEDY_SEED = 1236
+GREEDY_MIN_MARGIN = 0.05
+GREEDY_MODELS = ["tiny-qwen3", "tiny-llama3"]
+
 ENCODE_TEXTS = [
     "Hello, world! This is a test.",
     "Café naïve résumé — Zürich, São Paulo, Ελληνικά, Москва",
@@ -91,8 +122,8 @@ def versions():
     }
 
 
-def produced_by():
-    return "scripts/parity.py make-fixtures with " + ", ".join(f"{k} {v}" for k, v in versions().items())
+def produced_by(command="make-fixtures"):
+    return f"scripts/parity.py {command} with " + ", ".join(f"{k} {v}" for k, v in versions().items())
 
 
 # ---------------------------------------------------------------------------
@@ -252,6 +283,90 @@ def make_model_fixture(name, config, out, vers):
     }
 
 
+def greedy_prompts():
+    gen = torch.Generator().manual_seed(GREEDY_SEED)
+    lo, hi = GREEDY_IDS
+    return [torch.randint(lo, hi + 1, (n,), generator=gen) for n in GREEDY_PROMPT_LENS]
+
+
+def make_greedy_fixture(name, out, vers):
+    """Greedy continuations of greedy_prompts() from the checkpoint saved in
+    out/name, each prompt alone; see make-greedy in the module docstring.
+    make-fixtures and make-greedy write the same bytes, so the metadata names
+    make-greedy either way."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    model_dir = out / name
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    # eos_token_id=None overrides the [EOS_ID] of generation_config.json, so
+    # nothing stops generation early and no min-length processor edits scores.
+    generate_kwargs = dict(
+        do_sample=False,
+        max_new_tokens=GREEDY_NEW_TOKENS,
+        min_new_tokens=GREEDY_NEW_TOKENS,
+        eos_token_id=None,
+        pad_token_id=PAD_ID,
+        output_logits=True,
+        output_scores=True,  # only for the check that no processor changed the logits
+        return_dict_in_generate=True,
+    )
+    tensors = {}
+    min_margin = math.inf
+    mean_entropy = []
+    for i, prompt in enumerate(greedy_prompts()):
+        ids = prompt[None]
+        with torch.no_grad():
+            res = model.generate(ids, attention_mask=torch.ones_like(ids), **generate_kwargs)
+        tokens = res.sequences[0, ids.shape[1] :]
+        assert torch.equal(res.sequences[0, : ids.shape[1]], prompt), f"{name} prompt {i}: prompt not echoed"
+        assert tokens.shape == (GREEDY_NEW_TOKENS,), f"{name} prompt {i}: generated {tuple(tokens.shape)}"
+        logits = torch.cat(res.logits).float()  # (steps, vocab), raw
+        scores = torch.cat(res.scores).float()
+        assert logits.shape == (GREEDY_NEW_TOKENS, VOCAB), f"{name} prompt {i}: logits {tuple(logits.shape)}"
+        assert torch.equal(scores, logits), f"{name} prompt {i}: a logits processor changed the scores"
+        assert torch.equal(tokens, logits.argmax(-1)), f"{name} prompt {i}: greedy tokens are not argmax of raw logits"
+        top2 = logits.topk(2, dim=-1).values
+        margin = float((top2[:, 0] - top2[:, 1]).min())
+        assert margin >= GREEDY_MIN_MARGIN, f"{name} prompt {i}: top-1/top-2 gap {margin} is a near tie"
+        min_margin = min(min_margin, margin)
+        logp = torch.log_softmax(logits.double(), dim=-1)
+        entropy = -(logp.exp() * logp).sum(-1)
+        chosen = logp.gather(-1, tokens[:, None])[:, 0]
+        tensors[f"prompt_{i}"] = prompt.to(torch.int64)
+        tensors[f"tokens_{i}"] = tokens.to(torch.int64)
+        tensors[f"entropy_{i}"] = entropy.float()
+        tensors[f"logprob_{i}"] = chosen.float()
+        mean_entropy.append(float(entropy.mean()))
+
+    info = {
+        "produced_by": produced_by("make-greedy"),
+        "versions": vers,
+        "model": name,
+        "seed": GREEDY_SEED,
+        "prompt_lengths": GREEDY_PROMPT_LENS,
+        "prompt_id_range_inclusive": list(GREEDY_IDS),
+        "attn_implementation": "eager",
+        "generate_kwargs": {**generate_kwargs, "attention_mask": "ones"},
+        "min_top2_logit_margin": min_margin,
+        "note": "each prompt run alone (batch 1, no padding); entropy (nats) and logprob are of "
+        "softmax(out.logits), the raw logits, computed in float64 and stored as float32",
+    }
+    metadata = {"info": json.dumps(info, sort_keys=True)}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, model_dir / "greedy.safetensors", metadata)
+    return {"min_top2_logit_margin": min_margin, "mean_entropy_per_prompt": mean_entropy}
+
+
+def make_greedy(args):
+    out = Path(args.out)
+    vers = versions()
+    summary = {"produced_by": produced_by("make-greedy"), "seed": GREEDY_SEED, "models": {}}
+    for name in GREEDY_MODELS:
+        summary["models"][name] = make_greedy_fixture(name, out, vers)
+    print(json.dumps(summary, indent=2))
+
+
 def write_legacy_llama3_config(model_dir):
     """Same meaning as config.json, spelled with the pre-transformers-5 keys."""
     config = json.loads((model_dir / "config.json").read_text())
@@ -390,6 +505,8 @@ def make_fixtures(args):
     summary["models"]["tiny-qwen3"] = make_model_fixture("tiny-qwen3", qwen3_config(), out, vers)
     summary["models"]["tiny-llama3"] = make_model_fixture("tiny-llama3", llama_config, out, vers)
     write_legacy_llama3_config(out / "tiny-llama3")
+    # Kept out of VERSIONS.json so that make-greedy alone leaves it consistent.
+    greedy = {name: make_greedy_fixture(name, out, vers) for name in GREEDY_MODELS}
 
     tokenizers = {
         "qwen3": qwen3_reference(args.qwen3_tokenizer),
@@ -403,7 +520,7 @@ def make_fixtures(args):
         print(f"note: {template_file} missing, no llama3_template renders", file=sys.stderr)
     (out / "tokenizer_reference.json").write_text(json.dumps(reference, indent=1, ensure_ascii=False) + "\n")
     (out / "VERSIONS.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({**summary, "greedy": greedy}, indent=2))
 
 
 # ---------------------------------------------------------------------------
@@ -456,6 +573,10 @@ def main():
     mk.add_argument("--qwen3-tokenizer", default=str(CACHE / "qwen3-tokenizer"))
     mk.add_argument("--smollm2-gguf", default=str(CACHE / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
     mk.set_defaults(run=make_fixtures)
+
+    gr = sub.add_parser("make-greedy", help="write greedy.safetensors from the tiny checkpoints already in --out")
+    gr.add_argument("--out", required=True)
+    gr.set_defaults(run=make_greedy)
 
     ck = sub.add_parser("check-checkpoint", help="compare edco's logits with transformers/peft")
     ck.add_argument("--dir", required=True)

@@ -30,6 +30,8 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Per-sample mean negative log-likelihood of each reference response (JSON lines).
     Perplexity(PerplexityArgs),
+    /// Score a dataset by the model's inference entropy (EDCO's estimator), with summary and plots.
+    EstimateEntropy(EstimateEntropyArgs),
     /// Write a small randomly initialised model in Hugging Face layout.
     InitModel(InitModelArgs),
 }
@@ -168,6 +170,80 @@ pub struct PerplexityArgs {
 }
 
 #[derive(Args)]
+pub struct EstimateEntropyArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A JSON Lines dataset.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Score the first K generated tokens (EDCO's efficient estimator).
+    #[arg(long, default_value_t = 128, conflicts_with_all = ["full", "teacher_forced"])]
+    pub prefix_tokens: usize,
+    /// Score the whole answer, up to EOS or --max-tokens.
+    #[arg(long, conflicts_with = "teacher_forced")]
+    pub full: bool,
+    /// Score the reference answer in one teacher-forced pass (no generation).
+    #[arg(long)]
+    pub teacher_forced: bool,
+    /// Cap on generated tokens for --full and --compare-full.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// mean, or top-fraction (mean of the highest --top-fraction of positions).
+    #[arg(long, default_value = "mean")]
+    pub aggregate: String,
+    #[arg(long, default_value_t = 0.2)]
+    pub top_fraction: f64,
+    /// Completions per prompt; the score is their mean.
+    #[arg(long, default_value_t = 1)]
+    pub samples: usize,
+    /// Decode greedily instead of sampling.
+    #[arg(long)]
+    pub greedy: bool,
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0.7)]
+    pub top_p: f64,
+    /// 0 disables top-k.
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Prompts per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// The instruction appended to the last user turn before scoring.
+    #[arg(long, default_value = crate::entropy::QUICK_ANSWER)]
+    pub quick_answer: String,
+    /// Score the prompts as they are, without the quick-answer instruction.
+    #[arg(long)]
+    pub no_quick_answer: bool,
+    /// Longest prompt in tokens (teacher-forced: prompt + answer); cut from the left beyond it.
+    #[arg(long, default_value_t = 2048)]
+    pub max_length: usize,
+    /// Report entropies in bits instead of nats.
+    #[arg(long)]
+    pub bits: bool,
+    /// Include every position's entropy in the output lines.
+    #[arg(long)]
+    pub per_token: bool,
+    /// Also run the full-sequence estimator on the same samples and seeds, and compare.
+    #[arg(long)]
+    pub compare_full: bool,
+    /// N of the top-N overlap in --compare-full, as a fraction of the pool.
+    #[arg(long, default_value_t = 0.25)]
+    pub top_n_fraction: f64,
+    /// Score only the first N samples.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Scores file; the summary and pictures are written beside it.
+    #[arg(long, default_value = "entropy_scores.jsonl")]
+    pub out: PathBuf,
+    /// Count and skip malformed lines instead of failing.
+    #[arg(long)]
+    pub skip_invalid: bool,
+}
+
+#[derive(Args)]
 pub struct InitModelArgs {
     /// qwen3 or llama.
     #[arg(long, default_value = "qwen3")]
@@ -200,8 +276,79 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => run_generate(a),
         Command::Perplexity(a) => run_perplexity(a),
+        Command::EstimateEntropy(a) => run_estimate_entropy(a),
         Command::InitModel(a) => run_init_model(a),
     }
+}
+
+fn run_estimate_entropy(a: EstimateEntropyArgs) -> Result<()> {
+    use crate::entropy::{Aggregate, EntropyConfig, Horizon};
+    let aggregate = match a.aggregate.as_str() {
+        "mean" => Aggregate::Mean,
+        "top-fraction" | "top_fraction" => Aggregate::TopFraction(a.top_fraction),
+        other => bail!("--aggregate `{other}`: expected mean or top-fraction"),
+    };
+    let horizon = if a.teacher_forced {
+        Horizon::TeacherForced
+    } else if a.full {
+        Horizon::Full(a.max_tokens)
+    } else {
+        Horizon::Prefix(a.prefix_tokens)
+    };
+    if a.compare_full && !matches!(horizon, Horizon::Prefix(_) | Horizon::TeacherForced) {
+        bail!(
+            "--compare-full compares a prefix or teacher-forced score with the full one; drop --full"
+        );
+    }
+    if !(a.top_n_fraction > 0.0 && a.top_n_fraction <= 1.0) {
+        bail!(
+            "--top-n-fraction must be in (0, 1], got {}",
+            a.top_n_fraction
+        );
+    }
+    let cfg = EntropyConfig {
+        horizon,
+        aggregate,
+        sampling: if a.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: a.temperature,
+                top_p: a.top_p,
+                top_k: a.top_k,
+            }
+        },
+        samples_per_prompt: a.samples,
+        seed: a.seed,
+        batch_size: a.batch_size,
+        quick_answer: (!a.no_quick_answer).then(|| a.quick_answer.clone()),
+        max_length: a.max_length,
+        template_args: a.model.template_args()?,
+    };
+    let data = load_jsonl(&a.data, a.skip_invalid)?;
+    if data.skipped > 0 {
+        eprintln!(
+            "skipped {} invalid lines of {}",
+            data.skipped,
+            a.data.display()
+        );
+    }
+    let mut samples = data.samples;
+    if let Some(n) = a.limit {
+        samples.truncate(n);
+    }
+    if samples.is_empty() {
+        bail!("{}: no samples to score", a.data.display());
+    }
+    let loaded = a.model.load()?;
+    let opts = crate::audit::AuditOptions {
+        out: a.out.clone(),
+        bits: a.bits,
+        per_token: a.per_token,
+        compare_full: a.compare_full.then_some(a.max_tokens),
+        top_n_fraction: a.top_n_fraction,
+    };
+    crate::audit::run(&loaded, &samples, &cfg, &opts)
 }
 
 fn run_generate(a: GenerateArgs) -> Result<()> {
@@ -259,6 +406,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         eos_token_ids: loaded.eos_token_ids.clone(),
         pad_id: tok.pad_id(),
         keep_log_probs: false,
+        samples_per_prompt: 1,
     };
     let mut stdout = std::io::stdout().lock();
     for (chunk_i, chunk) in prompts.chunks(a.batch_size.max(1)).enumerate() {

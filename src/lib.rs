@@ -1,9 +1,13 @@
 //! edco: fine-tune a pretrained causal LM with EDCO, an entropy-driven dynamic curriculum.
 //! The library holds everything; `main.rs` only parses arguments and reports errors.
 
+pub mod audit;
 pub mod cli;
 pub mod data;
+pub mod entropy;
 pub mod init_model;
 pub mod model;
 pub mod perplexity;
+pub mod plot;
+pub mod stats;
 pub mod tokenizer;

@@ -1,6 +1,8 @@
 //! The commands as a user runs them: init-model, generate and perplexity on a tiny model, and a
 //! bad data line reported with its file and line, with a non-zero exit and no panic.
 
+mod common;
+
 use std::process::Command;
 
 fn edco(args: &[&str]) -> std::process::Output {
@@ -106,4 +108,71 @@ fn init_generate_perplexity() {
         err.contains("d.jsonl:2") && err.contains("not valid JSON") && !err.contains("panicked"),
         "{err}"
     );
+}
+
+#[test]
+fn estimate_entropy_writes_scores_summary_and_pictures() {
+    let model = common::fixture_with_tokenizer("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pool.jsonl");
+    let lines: Vec<String> = (0..12)
+        .map(|i| serde_json::json!({"id": format!("q{i}"), "question": format!("Question {i}?"), "options": {"A": "yes", "B": "no"}, "answer": "A"}).to_string())
+        .collect();
+    std::fs::write(&data, lines.join("\n")).unwrap();
+    let out = dir.path().join("audit/scores.jsonl");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "estimate-entropy",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--prefix-tokens",
+            "4",
+            "--max-tokens",
+            "12",
+            "--seed",
+            "5",
+        ];
+        args.extend_from_slice(extra);
+        let o = edco(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let nats = run(&["--compare-full", "--per-token"]);
+    assert_eq!(nats.len(), 12);
+    assert!(
+        nats.iter().all(
+            |l| l["full_score"].is_number() && l["entropies"][0].as_array().unwrap().len() <= 4
+        )
+    );
+    for f in [
+        "scores.hist.svg",
+        "scores.scatter.svg",
+        "scores.summary.json",
+    ] {
+        assert!(dir.path().join("audit").join(f).is_file(), "{f}");
+    }
+    let summary: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("audit/scores.summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["agreement"]["top_n"], 3);
+    assert!(summary["agreement"]["spearman_rho"].as_f64().unwrap() <= 1.0);
+    assert_eq!(summary["scores"]["count"], 12);
+
+    let bits = run(&["--bits"]);
+    for (n, b) in nats.iter().zip(&bits) {
+        let (n, b) = (n["score"].as_f64().unwrap(), b["score"].as_f64().unwrap());
+        assert!(
+            (n / std::f64::consts::LN_2 - b).abs() < 1e-5,
+            "{n} nats vs {b} bits"
+        );
+    }
 }

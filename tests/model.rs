@@ -55,6 +55,7 @@ fn opts(max_new_tokens: usize) -> GenerateOptions {
         eos_token_ids: vec![],
         pad_id: 0,
         keep_log_probs: false,
+        samples_per_prompt: 1,
     }
 }
 
@@ -357,4 +358,31 @@ fn bf16_forward_is_close_to_f32_and_trains() {
                 .all(|(_, v)| grad_norm(&grads, v.as_tensor()).is_some_and(|g| g > 0.0))
         );
     }
+}
+
+#[test]
+fn several_samples_share_a_prefill_and_equal_separate_runs() {
+    use edco::model::generate::sample_seed;
+    let model = load("tiny-llama3", Trainable::Frozen);
+    let ps = prompts();
+    let mut o = opts(6);
+    o.samples_per_prompt = 3;
+    let shared = generate(&model, &ps, &o).unwrap();
+    assert_eq!(shared.len(), 9);
+    for (i, p) in ps.iter().enumerate() {
+        for k in 0..3 {
+            let alone = Prompt {
+                ids: p.ids.clone(),
+                seed: sample_seed(p.seed, k),
+            };
+            let g = generate(&model, &[alone], &opts(6)).unwrap();
+            assert_eq!(
+                g[0].tokens,
+                shared[i * 3 + k].tokens,
+                "prompt {i} sample {k}"
+            );
+        }
+    }
+    // The samples of one prompt differ (temperature 1 on a non-degenerate model).
+    assert!(shared[0].tokens != shared[1].tokens || shared[1].tokens != shared[2].tokens);
 }

@@ -247,3 +247,61 @@ fn llama3_chat_template_matches_transformers() {
         assert_eq!(out, case["rendered"].as_str().unwrap());
     }
 }
+
+/// Greedy generation from transformers (`greedy.safetensors`, from `scripts/parity.py`): the same
+/// tokens, and per generated position the entropy and chosen-token log-probability of the raw
+/// logits, to 1e-4.
+#[test]
+fn greedy_generation_entropies_match_transformers() {
+    use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+    for name in ["tiny-qwen3", "tiny-llama3"] {
+        let g =
+            candle_core::safetensors::load(fixture(name).join("greedy.safetensors"), &Device::Cpu)
+                .unwrap();
+        let m = model(name);
+        let vec_u32 = |t: &Tensor| -> Vec<u32> {
+            t.to_vec1::<i64>()
+                .unwrap()
+                .iter()
+                .map(|&x| x as u32)
+                .collect()
+        };
+        let prompts: Vec<Prompt> = (0..3)
+            .map(|i| Prompt {
+                ids: vec_u32(&g[&format!("prompt_{i}")]),
+                seed: 0,
+            })
+            .collect();
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            sampling: Sampling::Greedy,
+            eos_token_ids: vec![],
+            pad_id: 0,
+            keep_log_probs: false,
+            samples_per_prompt: 1,
+        };
+        // All three in one left-padded batch: padding must not change anything either.
+        let gens = generate(&m, &prompts, &opts).unwrap();
+        for (i, out) in gens.iter().enumerate() {
+            assert_eq!(
+                out.tokens,
+                vec_u32(&g[&format!("tokens_{i}")]),
+                "{name} prompt {i}"
+            );
+            let h: Vec<f32> = g[&format!("entropy_{i}")].to_vec1().unwrap();
+            let lp: Vec<f32> = g[&format!("logprob_{i}")].to_vec1().unwrap();
+            for k in 0..12 {
+                assert!(
+                    (out.entropies[k] - h[k]).abs() < 1e-4,
+                    "{name} prompt {i} step {k}: {} vs {}",
+                    out.entropies[k],
+                    h[k]
+                );
+                assert!(
+                    (out.token_log_probs[k] - lp[k]).abs() < 1e-4,
+                    "{name} prompt {i} step {k}"
+                );
+            }
+        }
+    }
+}

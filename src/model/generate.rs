@@ -4,7 +4,7 @@
 //! and per generated position the exact full-vocabulary entropy and the chosen token's
 //! log-probability, both from the raw logits (before temperature and top-p).
 
-use super::{Batch, Decoder};
+use super::{Batch, Decoder, LayerCache};
 use candle_core::{DType, IndexOp, Result, Tensor};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
@@ -28,6 +28,8 @@ pub struct GenerateOptions {
     pub pad_id: u32,
     /// Also return the full log-softmax at every generated position (memory: V floats each).
     pub keep_log_probs: bool,
+    /// Completions per prompt; they share the prompt's prefill and KV cache prefix.
+    pub samples_per_prompt: usize,
 }
 
 /// A prompt and the seed of its own sampling stream.
@@ -35,6 +37,11 @@ pub struct GenerateOptions {
 pub struct Prompt {
     pub ids: Vec<u32>,
     pub seed: u64,
+}
+
+/// The seed of completion `k` of a prompt whose seed is `seed`.
+pub fn sample_seed(seed: u64, k: usize) -> u64 {
+    seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// One prompt's completion; all vectors have one entry per generated token.
@@ -127,6 +134,9 @@ pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
         }
         cand.truncate(keep.max(1));
     }
+    // Walk the kept tokens in id order, so the pick depends on the probabilities, not on how
+    // near-equal ones happened to sort.
+    cand.sort_unstable_by_key(|c| c.0);
     let total: f32 = cand.iter().map(|c| c.1).sum();
     let mut u = rng.random::<f32>() * total;
     for &(id, p) in &cand {
@@ -138,13 +148,15 @@ pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
     cand.last().map_or(0, |c| c.0)
 }
 
-/// Generates a completion for every prompt.
+/// Generates `samples_per_prompt` completions for every prompt, prompt-major: completion `k` of
+/// prompt `i` is at `i * samples_per_prompt + k` and samples with seed `sample_seed(seed_i, k)`.
 pub fn generate(
     model: &Decoder,
     prompts: &[Prompt],
     opts: &GenerateOptions,
 ) -> Result<Vec<Generation>> {
-    let mut out: Vec<Generation> = vec![Generation::default(); prompts.len()];
+    let n = opts.samples_per_prompt.max(1);
+    let mut out: Vec<Generation> = vec![Generation::default(); prompts.len() * n];
     if prompts.is_empty() || opts.max_new_tokens == 0 {
         return Ok(out);
     }
@@ -157,19 +169,29 @@ pub fn generate(
     let device = model.device().clone();
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let batch = Batch::left_padded(&rows, opts.pad_id, &device)?;
-    // Per batch row, for the rows still generating: prompt index and sampling stream.
-    let mut rngs: Vec<StdRng> = prompts
-        .iter()
-        .map(|p| StdRng::seed_from_u64(p.seed))
-        .collect();
-    let mut active: Vec<usize> = (0..prompts.len()).collect();
-    let mut key_mask = batch.mask.clone();
-    let mut next_pos: Vec<u32> = rows.iter().map(|r| r.len() as u32).collect();
     let mut caches = model.new_cache();
-
     let t = batch.ids.dim(1)?;
-    let hidden = model.step(&batch.ids, &batch.positions, &key_mask, &mut caches)?;
+    let hidden = model.step(&batch.ids, &batch.positions, &batch.mask, &mut caches)?;
     let mut logits = model.logits(&hidden.i((.., t - 1, ..))?)?;
+
+    // Per batch row, for the rows still generating: output index, sampling stream, key mask and
+    // next position.
+    let mut active: Vec<usize> = (0..out.len()).collect();
+    let mut rngs: Vec<StdRng> = active
+        .iter()
+        .map(|&o| StdRng::seed_from_u64(sample_seed(prompts[o / n].seed, o % n)))
+        .collect();
+    let mut key_mask: Vec<Vec<u8>> = active.iter().map(|&o| batch.mask[o / n].clone()).collect();
+    let mut next_pos: Vec<u32> = active.iter().map(|&o| rows[o / n].len() as u32).collect();
+    if n > 1 {
+        // Every completion of a prompt continues from the same prefill.
+        let idx = Tensor::new(
+            active.iter().map(|&o| (o / n) as u32).collect::<Vec<_>>(),
+            &device,
+        )?;
+        logits = logits.index_select(&idx, 0)?;
+        select_rows(&mut caches, &idx)?;
+    }
 
     for _ in 0..opts.max_new_tokens {
         let rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
@@ -205,30 +227,42 @@ pub fn generate(
             break;
         }
         if keep.len() < active.len() {
-            let idx = Tensor::new(keep.iter().map(|&r| r as u32).collect::<Vec<_>>(), &device)?;
-            for c in caches.iter_mut() {
-                c.k = c.k.as_ref().map(|k| k.index_select(&idx, 0)).transpose()?;
-                c.v = c.v.as_ref().map(|v| v.index_select(&idx, 0)).transpose()?;
-            }
+            // Finished rows stop costing work.
+            select_rows(
+                &mut caches,
+                &Tensor::new(keep.iter().map(|&r| r as u32).collect::<Vec<_>>(), &device)?,
+            )?;
             active = keep.iter().map(|&r| active[r]).collect();
-            key_mask = keep.iter().map(|&r| key_mask[r].clone()).collect();
+            key_mask = keep
+                .iter()
+                .map(|&r| std::mem::take(&mut key_mask[r]))
+                .collect();
             next_pos = keep.iter().map(|&r| next_pos[r]).collect();
             let mut old: Vec<Option<StdRng>> = rngs.into_iter().map(Some).collect();
             rngs = keep.iter().filter_map(|&r| old[r].take()).collect();
         }
         let last: Vec<u32> = active
             .iter()
-            .map(|&p| *out[p].tokens.last().unwrap_or(&0))
+            .map(|&o| *out[o].tokens.last().unwrap_or(&0))
             .collect();
-        let n = active.len();
+        let rows_left = active.len();
         key_mask.iter_mut().for_each(|m| m.push(1));
-        let ids = Tensor::from_vec(last, (n, 1), &device)?;
-        let positions = Tensor::from_vec(next_pos.clone(), (n, 1), &device)?;
+        let ids = Tensor::from_vec(last, (rows_left, 1), &device)?;
+        let positions = Tensor::from_vec(next_pos.clone(), (rows_left, 1), &device)?;
         next_pos.iter_mut().for_each(|p| *p += 1);
         let hidden = model.step(&ids, &positions, &key_mask, &mut caches)?;
         logits = model.logits(&hidden.squeeze(1)?)?;
     }
     Ok(out)
+}
+
+/// Keeps (or repeats) the batch rows `idx` of every layer's cache.
+fn select_rows(caches: &mut [LayerCache], idx: &Tensor) -> Result<()> {
+    for c in caches.iter_mut() {
+        c.k = c.k.as_ref().map(|k| k.index_select(idx, 0)).transpose()?;
+        c.v = c.v.as_ref().map(|v| v.index_select(idx, 0)).transpose()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -59,3 +59,17 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// A copy of a trained tiny fixture with edco's byte-level tokenizer beside it, so it can be
+/// prompted through the chat template (the byte ids are a subset of its 320-token vocabulary).
+pub fn fixture_with_tokenizer(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture(name).join(f), dir.path().join(f)).unwrap();
+    }
+    edco::init_model::byte_tokenizer()
+        .unwrap()
+        .save_dir(dir.path())
+        .unwrap();
+    dir
+}

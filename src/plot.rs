@@ -1,0 +1,150 @@
+//! Pictures for users: SVG charts drawn with plotters (SVG needs no system fonts, so the CPU
+//! build stays self-contained), each rendered in memory and written atomically.
+
+use crate::model::weights::write_atomic;
+use anyhow::{Result, anyhow};
+use plotters::prelude::*;
+use std::path::Path;
+
+const SIZE: (u32, u32) = (720, 480);
+
+fn finish(svg: String, path: &Path) -> Result<()> {
+    write_atomic(path, svg.as_bytes())
+}
+
+fn span(values: &[f64]) -> (f64, f64) {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !lo.is_finite() || !hi.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo < 1e-9 {
+        return (lo - 0.5, hi + 0.5);
+    }
+    // A little room so points on the extremes are not clipped by the frame.
+    let pad = 0.03 * (hi - lo);
+    (lo - pad, hi + pad)
+}
+
+/// A histogram of `values` in `bins` equal-width bins.
+pub fn histogram(
+    path: &Path,
+    values: &[f64],
+    title: &str,
+    x_label: &str,
+    bins: usize,
+) -> Result<()> {
+    let (lo, hi) = span(values);
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0u32; bins];
+    for &v in values {
+        counts[(((v - lo) / width) as usize).min(bins - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc("samples")
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                let x0 = lo + i as f64 * width;
+                Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())
+            }))
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    finish(svg, path)
+}
+
+/// A scatter plot of (x, y) pairs with the y = x diagonal.
+pub fn scatter(
+    path: &Path,
+    xs: &[f64],
+    ys: &[f64],
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+) -> Result<()> {
+    let all: Vec<f64> = xs.iter().chain(ys).copied().collect();
+    let (lo, hi) = span(&all);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(lo..hi, lo..hi)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.3)))
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .draw_series(
+                xs.iter()
+                    .zip(ys)
+                    .map(|(&x, &y)| Circle::new((x, y), 3, RED.mix(0.6).filled())),
+            )
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    finish(svg, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charts_are_written_as_svg_with_their_labels() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = dir.path().join("h.svg");
+        histogram(
+            &h,
+            &[0.1, 0.2, 0.2, 0.9, 1.5],
+            "Entropy of 5 samples",
+            "entropy (nats)",
+            10,
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&h).unwrap();
+        assert!(
+            text.starts_with("<svg")
+                && text.contains("Entropy of 5 samples")
+                && text.contains("<rect")
+        );
+        let s = dir.path().join("s.svg");
+        scatter(
+            &s,
+            &[1.0, 2.0],
+            &[1.5, 2.5],
+            "prefix vs full",
+            "full",
+            "prefix",
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&s).unwrap();
+        assert!(text.contains("prefix vs full") && text.matches("<circle").count() == 2);
+    }
+}
