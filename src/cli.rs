@@ -26,6 +26,8 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Train with the dynamic curriculum: score, select, fine-tune, evaluate, round after round.
+    Train(TrainArgs),
     /// Generate completions for one or more prompts.
     Generate(GenerateArgs),
     /// Per-sample mean negative log-likelihood of each reference response (JSON lines).
@@ -110,6 +112,22 @@ pub fn parse_device(s: &str) -> Result<Device> {
             None => bail!("unsupported device `{other}`: expected cpu, cuda or cuda:N"),
         },
     }
+}
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// The run's TOML config (not needed with --resume, which reads the run's own copy).
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a config value, e.g. --set sft.learning_rate=1e-5 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Print the resolved config and the plan, then exit.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Continue the run in this directory from its last checkpoint.
+    #[arg(long, value_name = "RUN_DIR")]
+    pub resume: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -274,11 +292,23 @@ pub struct InitModelArgs {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Train(a) => run_train(a),
         Command::Generate(a) => run_generate(a),
         Command::Perplexity(a) => run_perplexity(a),
         Command::EstimateEntropy(a) => run_estimate_entropy(a),
         Command::InitModel(a) => run_init_model(a),
     }
+}
+
+fn run_train(a: TrainArgs) -> Result<()> {
+    let path = match (&a.resume, &a.config) {
+        (_, Some(p)) => p.clone(),
+        (Some(run), None) => run.join("config.toml"),
+        (None, None) => bail!("give --config FILE or --resume RUN_DIR"),
+    };
+    let cfg = crate::config::Config::load(&path, &a.overrides)?;
+    crate::train::run(&cfg, a.resume.as_deref(), a.dry_run)?;
+    Ok(())
 }
 
 fn run_estimate_entropy(a: EstimateEntropyArgs) -> Result<()> {

@@ -2,12 +2,19 @@
 //! The library holds everything; `main.rs` only parses arguments and reports errors.
 
 pub mod audit;
+pub mod checkpoint;
 pub mod cli;
+pub mod config;
+pub mod curriculum;
 pub mod data;
 pub mod entropy;
+pub mod eval;
 pub mod init_model;
 pub mod model;
 pub mod perplexity;
 pub mod plot;
+pub mod reward;
 pub mod stats;
 pub mod tokenizer;
+pub mod train;
+pub mod trainer;

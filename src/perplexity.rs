@@ -8,7 +8,7 @@ use crate::model::layers::Mode;
 use crate::model::{Batch, Decoder};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
-use candle_core::{D, DType};
+use candle_core::{D, DType, Tensor};
 use serde::Serialize;
 
 /// A prompt and its response as token ids.
@@ -58,29 +58,56 @@ pub struct Score {
     pub tokens: usize,
 }
 
-/// Per-row sums of log p(response token) for a right-padded batch of prompt + response.
-pub fn response_log_probs(
+/// log p(token) of every response token, rows concatenated: (N,) with N the total response
+/// length. The right-padded batch runs once; the vocabulary head is applied only at the
+/// positions that predict response tokens (never the full (B, T, V) logits).
+pub fn response_token_log_probs(
     model: &Decoder,
     pairs: &[Tokenized],
     pad_id: u32,
     mode: Mode,
-) -> Result<Vec<Vec<f32>>> {
+) -> Result<Tensor> {
     let rows: Vec<Vec<u32>> = pairs
         .iter()
         .map(|p| [p.prompt.as_slice(), &p.response].concat())
         .collect();
     let batch = Batch::right_padded(&rows, pad_id, model.device())?;
     let (b, t) = batch.ids.dims2()?;
-    let logits = model.forward(&batch, mode)?.to_dtype(DType::F32)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits.narrow(1, 0, t - 1)?, D::Minus1)?;
-    let targets = batch.ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
-    let picked: Vec<Vec<f32>> = log_probs.gather(&targets, 2)?.squeeze(2)?.to_vec2()?;
-    Ok((0..b)
-        .map(|r| {
-            let start = pairs[r].prompt.len() - 1;
-            picked[r][start..start + pairs[r].response.len()].to_vec()
-        })
-        .collect())
+    let hidden = model.hidden_states(&batch, mode)?;
+    let hidden = hidden.reshape((b * t, hidden.dim(2)?))?;
+    let mut at = Vec::new();
+    let mut targets = Vec::new();
+    for (r, p) in pairs.iter().enumerate() {
+        // Position k predicts token k + 1: the response is predicted from prompt_len - 1 on.
+        let start = r * t + p.prompt.len() - 1;
+        at.extend((start..start + p.response.len()).map(|i| i as u32));
+        targets.extend_from_slice(&p.response);
+    }
+    let n = at.len();
+    let at = Tensor::from_vec(at, n, model.device())?;
+    let targets = Tensor::from_vec(targets, (n, 1), model.device())?;
+    let logits = model
+        .logits(&hidden.index_select(&at, 0)?)?
+        .to_dtype(DType::F32)?;
+    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+    Ok(log_probs.gather(&targets, 1)?.squeeze(1)?)
+}
+
+/// Per-row log p(response token) lists, for scoring.
+pub fn response_log_probs(
+    model: &Decoder,
+    pairs: &[Tokenized],
+    pad_id: u32,
+    mode: Mode,
+) -> Result<Vec<Vec<f32>>> {
+    let flat: Vec<f32> = response_token_log_probs(model, pairs, pad_id, mode)?.to_vec1()?;
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut offset = 0;
+    for p in pairs {
+        out.push(flat[offset..offset + p.response.len()].to_vec());
+        offset += p.response.len();
+    }
+    Ok(out)
 }
 
 /// Scores every sample, `batch_size` at a time.

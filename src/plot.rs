@@ -112,6 +112,74 @@ pub fn scatter(
     finish(svg, path)
 }
 
+/// One or more named line series over a shared x axis (empty series are skipped).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> Result<()> {
+    let xs: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.0))
+        .collect();
+    let ys: Vec<f64> = series
+        .iter()
+        .flat_map(|(_, s)| s.iter().map(|p| p.1))
+        .collect();
+    let ((x0, x1), (y0, y1)) = (span(&xs), span(&ys));
+    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        for (k, (name, points)) in series
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, p))| !p.is_empty())
+        {
+            let color = colors[k % colors.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    color.stroke_width(2),
+                ))
+                .map_err(|e| anyhow!("{e}"))?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            if points.len() < 40 {
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    finish(svg, path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +214,16 @@ mod tests {
         .unwrap();
         let text = std::fs::read_to_string(&s).unwrap();
         assert!(text.contains("prefix vs full") && text.matches("<circle").count() == 2);
+        let l = dir.path().join("l.svg");
+        lines(
+            &l,
+            "loss",
+            "step",
+            "nats",
+            &[("train", vec![(1.0, 2.0), (2.0, 1.5)]), ("empty", vec![])],
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(&l).unwrap();
+        assert!(text.contains("<polyline") && text.contains("train"));
     }
 }

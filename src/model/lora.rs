@@ -26,7 +26,7 @@ pub const PROJECTIONS: [&str; 7] = [
 ];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoraConfig {
     /// Rank r of A (r, in) and B (out, r).
     pub r: usize,
@@ -35,7 +35,6 @@ pub struct LoraConfig {
     /// Module names (`q_proj`, ..., `down_proj`) to wrap.
     pub target_modules: Vec<String>,
     /// Scale by alpha / sqrt(r) instead of alpha / r.
-    #[serde(default)]
     pub use_rslora: bool,
 }
 

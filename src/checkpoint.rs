@@ -1,0 +1,122 @@
+//! Training checkpoints: the weights (a PEFT adapter, or a full Hugging Face directory), the
+//! optimizer's moments, and the loop's state (round, step, curriculum, the round's selection,
+//! how many metrics lines belong to it), staged in a hidden directory and renamed into place so
+//! an interrupted save never replaces a good checkpoint; only the newest `keep_last` are kept.
+//! Every random choice in the loop is derived from (seed, round, step), so this is all a resume
+//! needs to end where an uninterrupted run would.
+
+use crate::curriculum::{Curriculum, Pick};
+use crate::model::Trainable;
+use crate::model::load::{Loaded, replace_dir, save_hf_dir};
+use crate::model::lora::save_adapter;
+use crate::trainer::optim::AdamW;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const STATE: &str = "state.json";
+pub const OPTIMIZER: &str = "optimizer.safetensors";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The round in progress (1-based), or the last finished one when `step_in_round` is None.
+    pub round: usize,
+    /// Steps done in `round`; None when the round (training and evaluation) is complete.
+    pub step_in_round: Option<usize>,
+    pub global_step: usize,
+    pub curriculum: Curriculum,
+    /// The selection of `round`, while it is in progress.
+    pub picks: Vec<Pick>,
+    /// Lines of metrics.jsonl written up to this checkpoint.
+    pub metrics_lines: usize,
+    /// Seconds spent so far scoring and training (for the end-of-run accounting).
+    pub score_seconds: f64,
+    pub train_seconds: f64,
+}
+
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// Saves a checkpoint named after its round and step; returns its directory.
+pub fn save(
+    run: &Path,
+    loaded: &Loaded,
+    base_model: &str,
+    opt: &AdamW,
+    state: &TrainState,
+    keep_last: usize,
+) -> Result<PathBuf> {
+    let model = &loaded.model;
+    let root = checkpoints_dir(run);
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let name = format!("round_{:03}_step_{:06}", state.round, state.global_step);
+    let dir = root.join(&name);
+    let stage = root.join(format!(".{name}.partial"));
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(&stage)?;
+    match model.trainable() {
+        Trainable::Lora(_) => save_adapter(model, &stage.join("adapter"), base_model)?,
+        _ => save_hf_dir(
+            model,
+            &loaded.tokenizer,
+            &loaded.eos_token_ids,
+            &stage.join("model"),
+        )?,
+    }
+    opt.save(&stage.join(OPTIMIZER))?;
+    crate::model::weights::write_atomic(
+        &stage.join(STATE),
+        serde_json::to_string_pretty(state)?.as_bytes(),
+    )?;
+    replace_dir(&stage, &dir)?;
+    prune(&root, keep_last)?;
+    Ok(dir)
+}
+
+/// Finished checkpoints, oldest first.
+pub fn list(run: &Path) -> Result<Vec<PathBuf>> {
+    let root = checkpoints_dir(run);
+    if !root.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("round_"))
+        })
+        .filter(|p| p.join(STATE).is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn prune(root: &Path, keep_last: usize) -> Result<()> {
+    let all = list(root.parent().unwrap_or(root))?;
+    for old in all.iter().take(all.len().saturating_sub(keep_last)) {
+        std::fs::remove_dir_all(old)
+            .with_context(|| format!("removing old checkpoint {}", old.display()))?;
+    }
+    Ok(())
+}
+
+/// The newest checkpoint of a run and its state.
+pub fn latest(run: &Path) -> Result<(PathBuf, TrainState)> {
+    let Some(dir) = list(run)?.pop() else {
+        bail!(
+            "{}: no checkpoint to resume from",
+            checkpoints_dir(run).display()
+        );
+    };
+    let path = dir.join(STATE);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let state = serde_json::from_str(&text)
+        .with_context(|| format!("{}: malformed checkpoint state", path.display()))?;
+    Ok((dir, state))
+}

@@ -1,0 +1,599 @@
+//! The training run's configuration: one TOML file, typed, unknown keys rejected, every default
+//! explicit here, `--set section.key=value` overrides applied before parsing, validated once by
+//! [`Config::load`] and trusted afterwards. Each part of the program receives its own section.
+
+use crate::model::lora::LoraConfig;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The trainer: sft or grpo.
+    pub method: Method,
+    pub model: ModelSection,
+    pub data: DataSection,
+    pub entropy: EntropySection,
+    pub curriculum: CurriculumSection,
+    pub sft: SftSection,
+    pub grpo: GrpoSection,
+    pub eval: EvalSection,
+    pub run: RunSection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    #[default]
+    Sft,
+    Grpo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Finetune {
+    Full,
+    Lora,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSection {
+    /// A Hugging Face directory, a .gguf file, or a hub id.
+    pub source: String,
+    /// f32 or bf16.
+    pub dtype: String,
+    /// cpu, cuda or cuda:N.
+    pub device: String,
+    pub finetune: Finetune,
+    pub lora: LoraConfig,
+    /// Chat-template variables, e.g. { enable_thinking = false } for Qwen3.
+    pub template_args: toml::Table,
+}
+
+impl Default for ModelSection {
+    fn default() -> Self {
+        Self {
+            source: String::new(),
+            dtype: "f32".into(),
+            device: "cpu".into(),
+            finetune: Finetune::Lora,
+            lora: LoraConfig::default(),
+            template_args: toml::Table::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSection {
+    /// The pool the curriculum selects from (JSON Lines, any documented shape).
+    pub train: PathBuf,
+    /// Held-out samples for evaluation; empty for none.
+    pub eval: PathBuf,
+    /// Longest prompt + response in tokens for training; prompts are cut from the left.
+    pub max_length: usize,
+    /// Skip (and count) malformed lines instead of failing.
+    pub skip_invalid: bool,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        Self {
+            train: PathBuf::new(),
+            eval: PathBuf::new(),
+            max_length: 1024,
+            skip_invalid: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HorizonKind {
+    Prefix,
+    Full,
+    TeacherForced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregateKind {
+    Mean,
+    TopFraction,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EntropySection {
+    pub horizon: HorizonKind,
+    /// K of the prefix estimator.
+    pub prefix_tokens: usize,
+    /// Cap of the full estimator.
+    pub max_tokens: usize,
+    pub aggregate: AggregateKind,
+    pub top_fraction: f64,
+    pub samples_per_prompt: usize,
+    pub greedy: bool,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    /// Prompts per scoring batch.
+    pub batch_size: usize,
+    /// Appended to the last user turn when scoring; empty to score the prompt as it is.
+    pub quick_answer: String,
+}
+
+impl Default for EntropySection {
+    fn default() -> Self {
+        Self {
+            horizon: HorizonKind::Prefix,
+            prefix_tokens: 128,
+            max_tokens: 512,
+            aggregate: AggregateKind::Mean,
+            top_fraction: 0.2,
+            samples_per_prompt: 1,
+            greedy: false,
+            temperature: 0.7,
+            top_p: 0.7,
+            top_k: 0,
+            batch_size: 16,
+            quick_answer: crate::entropy::QUICK_ANSWER.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Score the pool with the current model every round; keep the most uncertain.
+    Edco,
+    /// A fresh random selection every round.
+    Random,
+    /// Static: shortest prompts first, scored once.
+    Length,
+    /// Static: lowest perplexity of the reference answer first, scored once before training.
+    Perplexity,
+    /// Static: highest entropy first, scored once before training.
+    Entropy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CurriculumSection {
+    pub strategy: Strategy,
+    pub rounds: usize,
+    /// Samples per round as a fraction of the pool (used when `select_n` is 0).
+    pub select_fraction: f64,
+    /// Samples per round; 0 means use `select_fraction`.
+    pub select_n: usize,
+    /// Drop this fraction of the highest-scored samples as likely noise before selecting (edco).
+    pub drop_top_fraction: f64,
+    /// Re-score only this fraction of the pool per round, least recently scored first; the others
+    /// keep their last score (edco).
+    pub rescore_fraction: f64,
+    /// 0: keep the top N. > 0: sample N without replacement with probability ~ exp(score / T).
+    pub soft_temperature: f64,
+}
+
+impl Default for CurriculumSection {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Edco,
+            rounds: 8,
+            select_fraction: 0.25,
+            select_n: 0,
+            drop_top_fraction: 0.0,
+            rescore_fraction: 1.0,
+            soft_temperature: 0.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SftSection {
+    pub learning_rate: f64,
+    /// The schedule decays to this rate.
+    pub min_learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Clip the global gradient norm to this; 0 disables.
+    pub max_grad_norm: f64,
+    /// Passes over each round's selection.
+    pub epochs_per_round: usize,
+    /// Fresh AdamW moments every round (the original's behaviour) or carried over.
+    pub reset_optimizer: bool,
+}
+
+impl Default for SftSection {
+    fn default() -> Self {
+        Self {
+            learning_rate: 2.5e-6,
+            min_learning_rate: 1.25e-7,
+            schedule: Schedule::Cosine,
+            warmup_steps: 0,
+            batch_size: 8,
+            grad_accum: 1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            max_grad_norm: 1.0,
+            epochs_per_round: 1,
+            reset_optimizer: true,
+        }
+    }
+}
+
+/// GRPO, with TRL's names where the meaning is the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpoSection {
+    /// Completions per prompt (G).
+    pub num_generations: usize,
+    pub prompts_per_step: usize,
+    /// Optimizer steps per round; prompts cycle through the round's selection.
+    pub steps_per_round: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f64,
+    pub top_p: f64,
+    pub top_k: usize,
+    pub learning_rate: f64,
+    pub min_learning_rate: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    /// KL coefficient against the reference (the base with adapters off under LoRA).
+    pub beta: f64,
+    pub epsilon: f64,
+    pub epsilon_high: f64,
+    /// Divide advantages by the group's std (false: only centre them).
+    pub scale_rewards: bool,
+    /// Optimizer steps on each batch of rollouts (TRL's mu).
+    pub num_iterations: usize,
+    /// Sequences per forward/backward pass.
+    pub micro_batch: usize,
+    pub max_grad_norm: f64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub reset_optimizer: bool,
+}
+
+impl Default for GrpoSection {
+    fn default() -> Self {
+        Self {
+            num_generations: 8,
+            prompts_per_step: 8,
+            steps_per_round: 100,
+            max_new_tokens: 256,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            learning_rate: 1e-6,
+            min_learning_rate: 1e-6,
+            schedule: Schedule::Constant,
+            warmup_steps: 0,
+            beta: 0.01,
+            epsilon: 0.2,
+            epsilon_high: 0.2,
+            scale_rewards: true,
+            num_iterations: 1,
+            micro_batch: 8,
+            max_grad_norm: 1.0,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            reset_optimizer: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalSection {
+    /// Evaluate at most this many held-out samples (0: all).
+    pub max_samples: usize,
+    /// Greedy generation + answer extraction accuracy.
+    pub generate: bool,
+    /// Multiple choice by the likelihood of each option's letter.
+    pub option_likelihood: bool,
+    /// Held-out mean NLL of the reference responses.
+    pub loss: bool,
+    pub max_new_tokens: usize,
+    pub batch_size: usize,
+}
+
+impl Default for EvalSection {
+    fn default() -> Self {
+        Self {
+            max_samples: 0,
+            generate: true,
+            option_likelihood: true,
+            loss: true,
+            max_new_tokens: 32,
+            batch_size: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunSection {
+    pub output_dir: PathBuf,
+    pub seed: u64,
+    /// Also checkpoint every N optimizer steps within a round (0: at round ends only).
+    pub checkpoint_every_steps: usize,
+    /// Checkpoints kept; older ones are removed.
+    pub keep_last: usize,
+}
+
+impl Default for RunSection {
+    fn default() -> Self {
+        Self {
+            output_dir: PathBuf::from("runs/edco"),
+            seed: 0,
+            checkpoint_every_steps: 0,
+            keep_last: 2,
+        }
+    }
+}
+
+/// Applies `section.key=value` overrides to a parsed TOML document. Values are read as TOML
+/// (numbers, booleans, arrays, inline tables), falling back to a plain string.
+fn apply_overrides(doc: &mut toml::Table, overrides: &[String]) -> Result<()> {
+    for o in overrides {
+        let (key, raw) = o
+            .split_once('=')
+            .with_context(|| format!("--set `{o}`: expected section.key=value"))?;
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        let (last, path) = parts.split_last().context("--set: empty key")?;
+        let mut table = &mut *doc;
+        for p in path {
+            table = table
+                .entry(p.to_string())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                .as_table_mut()
+                .with_context(|| format!("--set `{o}`: `{p}` is not a section"))?;
+        }
+        table.insert(last.to_string(), value);
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Reads, overrides, parses and validates a config file; relative data paths are taken
+    /// relative to the current directory, as a user types them.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::from_toml(&text, overrides).with_context(|| format!("in config {}", path.display()))
+    }
+
+    pub fn from_toml(text: &str, overrides: &[String]) -> Result<Self> {
+        // Without overrides, parse the text itself so errors carry its line and column.
+        let cfg: Config = if overrides.is_empty() {
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?
+        } else {
+            let mut doc: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+            apply_overrides(&mut doc, overrides)?;
+            toml::Value::Table(doc)
+                .try_into()
+                .map_err(|e: toml::de::Error| anyhow::anyhow!("{e}"))?
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let fail = |field: &str, why: &str| -> Result<()> { bail!("`{field}`: {why}") };
+        if self.model.source.is_empty() {
+            fail(
+                "model.source",
+                "is required (a model directory, a .gguf file or a hub id)",
+            )?;
+        }
+        if !matches!(self.model.dtype.as_str(), "f32" | "bf16") {
+            fail("model.dtype", "expected f32 or bf16")?;
+        }
+        if self.model.finetune == Finetune::Lora {
+            self.model.lora.validate().context("`model.lora`")?;
+        }
+        if self.data.train.as_os_str().is_empty() {
+            fail("data.train", "is required")?;
+        }
+        if self.data.max_length < 8 {
+            fail("data.max_length", "must be at least 8")?;
+        }
+        let e = &self.entropy;
+        if e.prefix_tokens == 0
+            || e.max_tokens == 0
+            || e.samples_per_prompt == 0
+            || e.batch_size == 0
+        {
+            fail(
+                "entropy",
+                "prefix_tokens, max_tokens, samples_per_prompt and batch_size must be positive",
+            )?;
+        }
+        if !(e.top_fraction > 0.0 && e.top_fraction <= 1.0) {
+            fail("entropy.top_fraction", "must be in (0, 1]")?;
+        }
+        if !(e.top_p > 0.0 && e.top_p <= 1.0) || e.temperature < 0.0 {
+            fail(
+                "entropy.top_p / temperature",
+                "top_p must be in (0, 1] and temperature >= 0",
+            )?;
+        }
+        let c = &self.curriculum;
+        if c.rounds == 0 {
+            fail("curriculum.rounds", "must be positive")?;
+        }
+        if c.select_n == 0 && !(c.select_fraction > 0.0 && c.select_fraction <= 1.0) {
+            fail(
+                "curriculum.select_fraction",
+                "must be in (0, 1] (or set select_n)",
+            )?;
+        }
+        if !(0.0..1.0).contains(&c.drop_top_fraction) {
+            fail("curriculum.drop_top_fraction", "must be in [0, 1)")?;
+        }
+        if !(c.rescore_fraction > 0.0 && c.rescore_fraction <= 1.0) {
+            fail("curriculum.rescore_fraction", "must be in (0, 1]")?;
+        }
+        if c.soft_temperature < 0.0 {
+            fail("curriculum.soft_temperature", "must be >= 0")?;
+        }
+        let s = &self.sft;
+        if s.learning_rate <= 0.0
+            || s.min_learning_rate < 0.0
+            || s.min_learning_rate > s.learning_rate
+        {
+            fail(
+                "sft.learning_rate",
+                "must be positive and at least min_learning_rate",
+            )?;
+        }
+        if s.batch_size == 0 || s.grad_accum == 0 || s.epochs_per_round == 0 {
+            fail(
+                "sft",
+                "batch_size, grad_accum and epochs_per_round must be positive",
+            )?;
+        }
+        if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
+            fail("sft.beta1 / beta2", "must be in [0, 1)")?;
+        }
+        let g = &self.grpo;
+        if self.method == Method::Grpo {
+            if g.num_generations < 2 {
+                fail(
+                    "grpo.num_generations",
+                    "must be at least 2 (advantages compare completions of a prompt)",
+                )?;
+            }
+            if g.prompts_per_step == 0
+                || g.steps_per_round == 0
+                || g.max_new_tokens == 0
+                || g.micro_batch == 0
+            {
+                fail(
+                    "grpo",
+                    "prompts_per_step, steps_per_round, max_new_tokens and micro_batch must be positive",
+                )?;
+            }
+            if g.learning_rate <= 0.0
+                || g.min_learning_rate > g.learning_rate
+                || g.beta < 0.0
+                || g.epsilon <= 0.0
+                || g.epsilon_high <= 0.0
+            {
+                fail(
+                    "grpo",
+                    "learning_rate and epsilons must be positive, beta >= 0, min_learning_rate <= learning_rate",
+                )?;
+            }
+            if g.num_iterations == 0 {
+                fail("grpo.num_iterations", "must be at least 1")?;
+            }
+        }
+        if self.run.keep_last == 0 {
+            fail("run.keep_last", "must be at least 1")?;
+        }
+        Ok(())
+    }
+
+    /// Samples per round for a pool of `pool` samples.
+    pub fn per_round(&self, pool: usize) -> usize {
+        let c = &self.curriculum;
+        let n = if c.select_n > 0 {
+            c.select_n
+        } else {
+            (pool as f64 * c.select_fraction).round() as usize
+        };
+        n.clamp(1, pool.max(1))
+    }
+
+    pub fn template_args(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::to_value(&self.model.template_args)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[model]\nsource = \"m\"\n[data]\ntrain = \"t.jsonl\"\n";
+
+    #[test]
+    fn defaults_fill_what_the_file_leaves_out() {
+        let c = Config::from_toml(MINIMAL, &[]).unwrap();
+        assert_eq!(c.sft, SftSection::default());
+        assert_eq!(c.curriculum.rounds, 8);
+        assert_eq!(c.per_round(7000), 1750);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let e =
+            Config::from_toml(&format!("{MINIMAL}[sft]\nlearning_rat = 1e-5\n"), &[]).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("learning_rat"), "{msg}");
+        let e = Config::from_toml(&format!("{MINIMAL}[sftt]\n"), &[]).unwrap_err();
+        assert!(format!("{e:#}").contains("sftt"));
+    }
+
+    #[test]
+    fn overrides_apply_before_validation() {
+        let c = Config::from_toml(
+            MINIMAL,
+            &[
+                "sft.learning_rate=1e-4".into(),
+                "curriculum.strategy=random".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.sft.learning_rate, 1e-4);
+        assert_eq!(c.curriculum.strategy, Strategy::Random);
+        let e = Config::from_toml(MINIMAL, &["curriculum.rounds=0".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("curriculum.rounds"));
+        let e = Config::from_toml(MINIMAL, &["sft.batch_size=\"eight\"".into()]).unwrap_err();
+        assert!(format!("{e:#}").contains("batch_size"), "{e:#}");
+    }
+
+    #[test]
+    fn type_errors_name_the_line() {
+        let e =
+            Config::from_toml(&format!("{MINIMAL}[sft]\nbatch_size = \"x\"\n"), &[]).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("batch_size") && msg.contains("line 6"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,747 @@
+//! `edco train`: the EDCO loop in one process (EDCO.md). Setup (config, data, model, run
+//! directory), then per round: score the pool with the current model, select, train on the
+//! selection with SFT, evaluate, checkpoint; metrics go to `metrics.jsonl` with the time spent
+//! scoring kept apart from the time spent training, and the pictures are drawn at the end.
+//! Every random choice derives from (seed, round, step), which is what makes `--resume` exact.
+
+use crate::checkpoint::{self, TrainState};
+use crate::cli::{parse_device, parse_dtype};
+use crate::config::{AggregateKind, Config, Finetune, HorizonKind, Method, Strategy};
+use crate::curriculum::Curriculum;
+use crate::data::{Sample, load_jsonl};
+use crate::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
+use crate::eval::{EvalReport, Evaluator};
+use crate::model::Trainable;
+use crate::model::generate::Prompt;
+use crate::model::generate::Sampling;
+use crate::model::load::{LoadOptions, Loaded, load};
+use crate::model::lora::load_adapter;
+use crate::model::weights::write_atomic;
+use crate::perplexity::{Tokenized, tokenize_pair};
+use crate::reward::is_correct;
+use crate::trainer::grpo::{self, GrpoParams};
+use crate::trainer::optim::{AdamW, AdamWParams, learning_rate};
+use crate::trainer::sft;
+use crate::{plot, stats};
+use anyhow::{Context, Result, bail};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+use rayon::prelude::*;
+use serde_json::json;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// What a run will do, from the config and the pool size alone.
+pub struct Plan {
+    pub pool: usize,
+    pub per_round: usize,
+    pub steps_per_round: usize,
+}
+
+impl Plan {
+    pub fn new(cfg: &Config, pool: usize) -> Self {
+        let per_round = cfg.per_round(pool);
+        let steps_per_round = match cfg.method {
+            Method::Sft => (per_round * cfg.sft.epochs_per_round)
+                .div_ceil(cfg.sft.batch_size * cfg.sft.grad_accum),
+            Method::Grpo => cfg.grpo.steps_per_round,
+        };
+        Self {
+            pool,
+            per_round,
+            steps_per_round,
+        }
+    }
+
+    pub fn describe(&self, cfg: &Config) -> String {
+        let c = &cfg.curriculum;
+        format!(
+            "plan: {} rounds of {} samples from a pool of {} ({:?} curriculum, {:?}), {} optimizer steps per round ({} in all), {}",
+            c.rounds,
+            self.per_round,
+            self.pool,
+            c.strategy,
+            cfg.method,
+            self.steps_per_round,
+            self.steps_per_round * c.rounds,
+            match cfg.method {
+                Method::Sft => format!(
+                    "{} sequences per step",
+                    cfg.sft.batch_size * cfg.sft.grad_accum
+                ),
+                Method::Grpo => format!(
+                    "{} prompts x {} completions per step",
+                    cfg.grpo.prompts_per_step, cfg.grpo.num_generations
+                ),
+            }
+        )
+    }
+}
+
+fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
+    let e = &cfg.entropy;
+    EntropyConfig {
+        horizon: match e.horizon {
+            HorizonKind::Prefix => Horizon::Prefix(e.prefix_tokens),
+            HorizonKind::Full => Horizon::Full(e.max_tokens),
+            HorizonKind::TeacherForced => Horizon::TeacherForced,
+        },
+        aggregate: match e.aggregate {
+            AggregateKind::Mean => Aggregate::Mean,
+            AggregateKind::TopFraction => Aggregate::TopFraction(e.top_fraction),
+        },
+        sampling: if e.greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature: e.temperature,
+                top_p: e.top_p,
+                top_k: e.top_k,
+            }
+        },
+        samples_per_prompt: e.samples_per_prompt,
+        seed: cfg.run.seed.wrapping_add(round as u64),
+        batch_size: e.batch_size,
+        quick_answer: (!e.quick_answer.is_empty()).then(|| e.quick_answer.clone()),
+        max_length: cfg.data.max_length,
+        template_args: cfg.template_args(),
+    }
+}
+
+/// Appends JSON lines to `metrics.jsonl`, counting them for checkpoints.
+struct Metrics {
+    file: std::fs::File,
+    lines: usize,
+}
+
+impl Metrics {
+    fn open(path: &Path, keep_lines: Option<usize>) -> Result<Self> {
+        let existing = match keep_lines {
+            Some(n) => std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .take(n)
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            None => String::new(),
+        };
+        write_atomic(path, existing.as_bytes())?;
+        let lines = existing.lines().count();
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self { file, lines })
+    }
+
+    fn log(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}")?;
+        self.file.flush()?;
+        self.lines += 1;
+        Ok(())
+    }
+}
+
+fn load_model(cfg: &Config, resume_from: Option<&Path>) -> Result<Loaded> {
+    let trainable = match cfg.model.finetune {
+        Finetune::Full => Trainable::Full,
+        Finetune::Lora => Trainable::Lora(cfg.model.lora.clone()),
+    };
+    let opts = LoadOptions {
+        dtype: parse_dtype(&cfg.model.dtype)?,
+        device: parse_device(&cfg.model.device)?,
+        trainable: trainable.clone(),
+        seed: cfg.run.seed,
+    };
+    match (resume_from, cfg.model.finetune) {
+        (None, _) => load(&cfg.model.source, &opts),
+        (Some(ckpt), Finetune::Lora) => {
+            let mut loaded = load(
+                &cfg.model.source,
+                &LoadOptions {
+                    trainable: Trainable::Frozen,
+                    ..opts
+                },
+            )?;
+            load_adapter(&mut loaded.model, &ckpt.join("adapter"))?;
+            Ok(loaded)
+        }
+        (Some(ckpt), Finetune::Full) => {
+            let dir = ckpt.join("model");
+            load(dir.to_str().context("checkpoint path is not UTF-8")?, &opts)
+        }
+    }
+}
+
+fn pool_scores_json(picks_of_pool: &[Option<f64>]) -> serde_json::Value {
+    let s: Vec<f64> = picks_of_pool.iter().flatten().copied().collect();
+    if s.is_empty() {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "count": s.len(), "mean": stats::mean(&s), "p10": stats::quantile(&s, 0.1),
+        "median": stats::quantile(&s, 0.5), "p90": stats::quantile(&s, 0.9),
+    })
+}
+
+fn eval_json(r: &EvalReport) -> serde_json::Value {
+    serde_json::to_value(r).unwrap_or_default()
+}
+
+/// Runs (or resumes) training as configured; returns the run directory.
+pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf> {
+    let pool_data = load_jsonl(&cfg.data.train, cfg.data.skip_invalid)?;
+    let pool: Vec<Sample> = pool_data.samples;
+    if pool.is_empty() {
+        bail!("{}: the training pool is empty", cfg.data.train.display());
+    }
+    match cfg.method {
+        Method::Sft => {
+            if let Some(s) = pool.iter().find(|s| s.response.is_none()) {
+                bail!(
+                    "{}: sample `{}` has no reference response to train on",
+                    cfg.data.train.display(),
+                    s.id
+                );
+            }
+        }
+        Method::Grpo => {
+            if let Some(s) = pool.iter().find(|s| is_correct(s, "").is_none()) {
+                bail!(
+                    "{}: sample `{}` has no verifiable `answer` to reward",
+                    cfg.data.train.display(),
+                    s.id
+                );
+            }
+        }
+    }
+    let eval: Vec<Sample> = if cfg.data.eval.as_os_str().is_empty() {
+        Vec::new()
+    } else {
+        load_jsonl(&cfg.data.eval, cfg.data.skip_invalid)?.samples
+    };
+    let plan = Plan::new(cfg, pool.len());
+    if dry_run {
+        println!("{}", toml::to_string(cfg)?);
+        println!("# {}", plan.describe(cfg));
+        println!("# eval: {} held-out samples", eval.len());
+        return Ok(cfg.run.output_dir.clone());
+    }
+    let run_dir = resume
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| cfg.run.output_dir.clone());
+    let resumed = match resume {
+        Some(dir) => Some(checkpoint::latest(dir)?),
+        None => {
+            if checkpoint::list(&run_dir)?.last().is_some() {
+                bail!(
+                    "{}: already holds a run; resume it with --resume {0} or choose another run.output_dir",
+                    run_dir.display()
+                );
+            }
+            None
+        }
+    };
+    std::fs::create_dir_all(run_dir.join("curriculum"))?;
+    std::fs::create_dir_all(run_dir.join("scores"))?;
+    std::fs::create_dir_all(run_dir.join("plots"))?;
+    write_atomic(
+        &run_dir.join("config.toml"),
+        toml::to_string(cfg)?.as_bytes(),
+    )?;
+    eprintln!("{}", plan.describe(cfg));
+
+    let loaded = load_model(cfg, resumed.as_ref().map(|(d, _)| d.as_path()))?;
+    let (model, tok) = (&loaded.model, &loaded.tokenizer);
+    let template_args = cfg.template_args();
+    // SFT trains on prompt + reference; GRPO needs the prompts only.
+    let pairs: Vec<Tokenized> = pool
+        .par_iter()
+        .map(|s| match cfg.method {
+            Method::Sft => tokenize_pair(tok, s, &template_args, cfg.data.max_length),
+            Method::Grpo => {
+                let mut prompt = tok.encode_chat(&s.messages, &template_args)?;
+                prompt.drain(..prompt.len().saturating_sub(cfg.data.max_length));
+                Ok(Tokenized {
+                    prompt,
+                    response: Vec::new(),
+                })
+            }
+        })
+        .collect::<Result<_>>()?;
+    let s = &cfg.sft;
+    let g = &cfg.grpo;
+    let adam = match cfg.method {
+        Method::Sft => AdamWParams {
+            beta1: s.beta1,
+            beta2: s.beta2,
+            eps: s.eps,
+            weight_decay: s.weight_decay,
+        },
+        Method::Grpo => AdamWParams {
+            beta1: g.beta1,
+            beta2: g.beta2,
+            eps: g.eps,
+            weight_decay: g.weight_decay,
+        },
+    };
+    let (schedule, lr0, min_lr, warmup, reset_optimizer) = match cfg.method {
+        Method::Sft => (
+            s.schedule,
+            s.learning_rate,
+            s.min_learning_rate,
+            s.warmup_steps,
+            s.reset_optimizer,
+        ),
+        Method::Grpo => (
+            g.schedule,
+            g.learning_rate,
+            g.min_learning_rate,
+            g.warmup_steps,
+            g.reset_optimizer,
+        ),
+    };
+    let mut opt = AdamW::new(model.vars().to_vec(), adam)?;
+    // GRPO's KL reference: a frozen copy for full fine-tuning; under LoRA, the base itself.
+    let reference =
+        if cfg.method == Method::Grpo && g.beta > 0.0 && cfg.model.finetune == Finetune::Full {
+            let opts = LoadOptions {
+                dtype: parse_dtype(&cfg.model.dtype)?,
+                device: parse_device(&cfg.model.device)?,
+                ..Default::default()
+            };
+            Some(load(&cfg.model.source, &opts)?.model)
+        } else {
+            None
+        };
+    let grpo_params = GrpoParams {
+        num_generations: g.num_generations,
+        max_new_tokens: g.max_new_tokens,
+        sampling: Sampling::Sample {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            top_k: g.top_k,
+        },
+        epsilon: g.epsilon,
+        epsilon_high: g.epsilon_high,
+        beta: g.beta,
+        scale_rewards: g.scale_rewards,
+        num_iterations: g.num_iterations,
+        micro_batch: g.micro_batch,
+        max_grad_norm: g.max_grad_norm,
+        pad_id: tok.pad_id(),
+    };
+    let total_steps = plan.steps_per_round * cfg.curriculum.rounds;
+    let evaluator = Evaluator {
+        model,
+        tok,
+        eos_token_ids: &loaded.eos_token_ids,
+        template_args: &template_args,
+        max_length: cfg.data.max_length,
+    };
+
+    let (mut state, mut metrics) = match resumed {
+        Some((dir, state)) => {
+            opt.load(&dir.join(checkpoint::OPTIMIZER))?;
+            eprintln!(
+                "resuming from {} (round {}, step {})",
+                dir.display(),
+                state.round,
+                state.global_step
+            );
+            let metrics = Metrics::open(&run_dir.join("metrics.jsonl"), Some(state.metrics_lines))?;
+            (state, metrics)
+        }
+        None => {
+            let mut metrics = Metrics::open(&run_dir.join("metrics.jsonl"), None)?;
+            let mut curriculum = Curriculum::new(
+                cfg.curriculum.clone(),
+                pool.len(),
+                plan.per_round,
+                cfg.run.seed,
+            );
+            if cfg.curriculum.strategy == Strategy::Length {
+                curriculum.set_lengths(&pairs.iter().map(|p| p.prompt.len()).collect::<Vec<_>>());
+            }
+            if !eval.is_empty() {
+                let r = evaluator.run(&eval, &cfg.eval)?;
+                eprintln!("eval before training: {}", serde_json::to_string(&r)?);
+                metrics.log(json!({"kind": "eval", "round": 0, "eval": eval_json(&r)}))?;
+            }
+            let state = TrainState {
+                round: 0,
+                step_in_round: None,
+                global_step: 0,
+                curriculum,
+                picks: Vec::new(),
+                metrics_lines: metrics.lines,
+                score_seconds: 0.0,
+                train_seconds: 0.0,
+            };
+            (state, metrics)
+        }
+    };
+
+    let first_round = if state.step_in_round.is_some() {
+        state.round
+    } else {
+        state.round + 1
+    };
+    for round in first_round..=cfg.curriculum.rounds {
+        // 1. Score and select (skipped when resuming inside a round).
+        let mut score_seconds = 0.0;
+        if state.step_in_round.is_none() {
+            let t = Instant::now();
+            if state.curriculum.needs_model_scores(round) {
+                let idx = state.curriculum.to_score(round);
+                let subset: Vec<Sample> = idx.iter().map(|&i| pool[i].clone()).collect();
+                let scores: Vec<f64> = if cfg.curriculum.strategy == Strategy::Perplexity {
+                    crate::perplexity::score(
+                        model,
+                        tok,
+                        &subset,
+                        &template_args,
+                        cfg.data.max_length,
+                        cfg.eval.batch_size,
+                    )?
+                    .iter()
+                    .map(|s| s.nll)
+                    .collect()
+                } else {
+                    let bar = progress_bar(subset.len(), &format!("round {round} scoring"));
+                    let e = estimate(
+                        model,
+                        tok,
+                        &loaded.eos_token_ids,
+                        &subset,
+                        &entropy_config(cfg, round),
+                        &mut |d, _| bar.set_position(d as u64),
+                    )?;
+                    bar.finish_and_clear();
+                    e.iter().map(|e| e.score as f64).collect()
+                };
+                state.curriculum.record(round, &idx, &scores);
+                let lines: String = idx
+                    .iter()
+                    .zip(&scores)
+                    .map(|(&i, s)| {
+                        format!("{}\n", json!({"id": pool[i].id, "index": i, "score": s}))
+                    })
+                    .collect();
+                write_atomic(
+                    &run_dir.join(format!("scores/round_{round:03}.jsonl")),
+                    lines.as_bytes(),
+                )?;
+            }
+            state.picks = state.curriculum.select(round);
+            let lines: String = state
+                .picks
+                .iter()
+                .map(|p| format!("{}\n", json!({"id": pool[p.index].id, "index": p.index, "score": p.score, "rank": p.rank, "seen": p.seen})))
+                .collect();
+            write_atomic(
+                &run_dir.join(format!("curriculum/round_{round:03}.jsonl")),
+                lines.as_bytes(),
+            )?;
+            score_seconds = t.elapsed().as_secs_f64();
+            state.score_seconds += score_seconds;
+            state.round = round;
+            state.step_in_round = Some(0);
+            if reset_optimizer {
+                opt.reset()?;
+            }
+        }
+
+        // 2. Train on the selection: seeded shuffle, then SFT micro-batches or GRPO prompt groups.
+        let t = Instant::now();
+        let mut order: Vec<usize> = Vec::new();
+        let passes = if cfg.method == Method::Sft {
+            cfg.sft.epochs_per_round
+        } else {
+            1
+        };
+        for epoch in 0..passes {
+            let mut e: Vec<usize> = state.picks.iter().map(|p| p.index).collect();
+            let mut rng = StdRng::seed_from_u64(
+                cfg.run.seed ^ ((round * 1000 + epoch) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
+            );
+            e.shuffle(&mut rng);
+            order.extend(e);
+        }
+        let steps: Vec<Vec<usize>> = match cfg.method {
+            Method::Sft => order
+                .chunks(s.batch_size * s.grad_accum)
+                .map(<[usize]>::to_vec)
+                .collect(),
+            Method::Grpo => (0..g.steps_per_round)
+                .map(|k| {
+                    (0..g.prompts_per_step)
+                        .map(|j| order[(k * g.prompts_per_step + j) % order.len()])
+                        .collect()
+                })
+                .collect(),
+        };
+        let bar = progress_bar(steps.len(), &format!("round {round} training"));
+        let done = state.step_in_round.unwrap_or(0);
+        bar.set_position(done as u64);
+        for (k, step_idx) in steps.iter().enumerate().skip(done) {
+            let lr = learning_rate(
+                schedule,
+                lr0,
+                min_lr,
+                warmup,
+                state.global_step,
+                total_steps,
+            );
+            let seed =
+                cfg.run.seed ^ (state.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let st = Instant::now();
+            let mut line = match cfg.method {
+                Method::Sft => {
+                    let step_pairs: Vec<Tokenized> =
+                        step_idx.iter().map(|&i| pairs[i].clone()).collect();
+                    let micro: Vec<&[Tokenized]> = step_pairs.chunks(s.batch_size).collect();
+                    let stats = sft::step(
+                        model,
+                        &mut opt,
+                        &micro,
+                        tok.pad_id(),
+                        lr,
+                        s.max_grad_norm,
+                        seed,
+                    )?;
+                    bar.set_message(format!("loss {:.3}", stats.loss));
+                    json!({"loss": stats.loss, "grad_norm": stats.grad_norm, "tokens": stats.tokens})
+                }
+                Method::Grpo => {
+                    let prompts: Vec<Prompt> = step_idx
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &i)| Prompt {
+                            ids: pairs[i].prompt.clone(),
+                            seed: seed.wrapping_add(j as u64),
+                        })
+                        .collect();
+                    let rollouts = grpo::rollout(
+                        model,
+                        &prompts,
+                        &loaded.eos_token_ids,
+                        &grpo_params,
+                        &mut |j, completion| {
+                            let reply = tok.decode(completion, true)?;
+                            Ok(if is_correct(&pool[step_idx[j]], &reply) == Some(true) {
+                                1.0
+                            } else {
+                                0.0
+                            })
+                        },
+                    )?;
+                    let stats = grpo::train_on(
+                        model,
+                        reference.as_ref(),
+                        &mut opt,
+                        &rollouts,
+                        lr,
+                        &grpo_params,
+                        seed,
+                    )?;
+                    bar.set_message(format!("reward {:.2}", stats.reward_mean));
+                    serde_json::to_value(&stats)?
+                }
+            };
+            let secs = st.elapsed().as_secs_f64();
+            state.global_step += 1;
+            state.step_in_round = Some(k + 1);
+            let tokens = line["tokens"].as_f64().unwrap_or(0.0);
+            line["kind"] = json!("step");
+            line["round"] = json!(round);
+            line["step"] = json!(state.global_step);
+            line["lr"] = json!(lr);
+            line["seconds"] = json!(secs);
+            line["tokens_per_second"] = json!(tokens / secs.max(1e-9));
+            metrics.log(line)?;
+            bar.inc(1);
+            let mid = cfg.run.checkpoint_every_steps > 0
+                && state.global_step % cfg.run.checkpoint_every_steps == 0
+                && k + 1 < steps.len();
+            if mid {
+                state.metrics_lines = metrics.lines;
+                checkpoint::save(
+                    &run_dir,
+                    &loaded,
+                    &cfg.model.source,
+                    &opt,
+                    &state,
+                    cfg.run.keep_last,
+                )?;
+            }
+        }
+        bar.finish_and_clear();
+        let train_seconds = t.elapsed().as_secs_f64();
+        state.train_seconds += train_seconds;
+
+        // 3. Evaluate, log the round, checkpoint.
+        let report = if eval.is_empty() {
+            EvalReport::default()
+        } else {
+            evaluator.run(&eval, &cfg.eval)?
+        };
+        let new = state.picks.iter().filter(|p| !p.seen).count();
+        metrics.log(json!({
+            "kind": "round", "round": round, "selected": state.picks.len(), "new": new,
+            "score_seconds": score_seconds, "train_seconds": train_seconds,
+            "pool_scores": pool_scores_json(&state.curriculum.scores), "eval": eval_json(&report),
+        }))?;
+        eprintln!(
+            "round {round}/{}: {} selected ({new} new), scoring {score_seconds:.1} s, training {train_seconds:.1} s, eval {}",
+            cfg.curriculum.rounds,
+            state.picks.len(),
+            serde_json::to_string(&report)?
+        );
+        state.step_in_round = None;
+        state.picks.clear();
+        state.metrics_lines = metrics.lines;
+        checkpoint::save(
+            &run_dir,
+            &loaded,
+            &cfg.model.source,
+            &opt,
+            &state,
+            cfg.run.keep_last,
+        )?;
+    }
+    draw_plots(&run_dir)?;
+    summarize(&run_dir, &state)?;
+    Ok(run_dir)
+}
+
+fn progress_bar(len: usize, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn read_metrics(run_dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let path = run_dir.join("metrics.jsonl");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .with_context(|| format!("{}:{}: malformed metrics line", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Loss per step, eval accuracy per round, and the pool's score distribution per round.
+fn draw_plots(run_dir: &Path) -> Result<()> {
+    let m = read_metrics(run_dir)?;
+    fn of<'a>(
+        m: &'a [serde_json::Value],
+        kind: &'a str,
+    ) -> impl Iterator<Item = &'a serde_json::Value> + 'a {
+        m.iter().filter(move |l| l["kind"] == kind)
+    }
+    let series = |key: &str| -> Vec<(f64, f64)> {
+        of(&m, "step")
+            .filter_map(|l| Some((l["step"].as_f64()?, l[key].as_f64()?)))
+            .collect()
+    };
+    plot::lines(
+        &run_dir.join("plots/loss.svg"),
+        "Training loss",
+        "optimizer step",
+        "loss",
+        &[("loss", series("loss"))],
+    )?;
+    let rewards = series("reward_mean");
+    if !rewards.is_empty() {
+        plot::lines(
+            &run_dir.join("plots/reward.svg"),
+            "GRPO reward",
+            "optimizer step",
+            "mean reward",
+            &[("reward", rewards)],
+        )?;
+    }
+    let mut acc = Vec::new();
+    let mut opt_acc = Vec::new();
+    for l in of(&m, "eval").chain(of(&m, "round")) {
+        let r = l["round"].as_f64().unwrap_or(0.0);
+        if let Some(a) = l["eval"]["accuracy"].as_f64() {
+            acc.push((r, a));
+        }
+        if let Some(a) = l["eval"]["option_accuracy"].as_f64() {
+            opt_acc.push((r, a));
+        }
+    }
+    plot::lines(
+        &run_dir.join("plots/eval_accuracy.svg"),
+        "Held-out accuracy",
+        "round (0 = before training)",
+        "accuracy",
+        &[("greedy answer", acc), ("option likelihood", opt_acc)],
+    )?;
+    let mut mean = Vec::new();
+    let mut p10 = Vec::new();
+    let mut p90 = Vec::new();
+    for l in of(&m, "round") {
+        let r = l["round"].as_f64().unwrap_or(0.0);
+        if let (Some(a), Some(b), Some(c)) = (
+            l["pool_scores"]["mean"].as_f64(),
+            l["pool_scores"]["p10"].as_f64(),
+            l["pool_scores"]["p90"].as_f64(),
+        ) {
+            mean.push((r, a));
+            p10.push((r, b));
+            p90.push((r, c));
+        }
+    }
+    plot::lines(
+        &run_dir.join("plots/pool_scores.svg"),
+        "Pool scores per round (curriculum signal)",
+        "round",
+        "score",
+        &[("p90", p90), ("mean", mean), ("p10", p10)],
+    )
+}
+
+fn summarize(run_dir: &Path, state: &TrainState) -> Result<()> {
+    let m = read_metrics(run_dir)?;
+    let first = m.iter().find(|l| l["kind"] == "eval");
+    let last = m.iter().rev().find(|l| l["kind"] == "round");
+    let show = |l: Option<&serde_json::Value>, key: &str| {
+        l.and_then(|l| l["eval"][key].as_f64())
+            .map_or("n/a".to_string(), |v| format!("{:.1}%", 100.0 * v))
+    };
+    println!(
+        "eval accuracy (greedy answer): {} before, {} after",
+        show(first, "accuracy"),
+        show(last, "accuracy")
+    );
+    println!(
+        "eval accuracy (option likelihood): {} before, {} after",
+        show(first, "option_accuracy"),
+        show(last, "option_accuracy")
+    );
+    println!(
+        "time scoring: {:.1} s, time training: {:.1} s",
+        state.score_seconds, state.train_seconds
+    );
+    println!("run directory: {}", run_dir.display());
+    println!(
+        "pictures: {}, {}, {}",
+        run_dir.join("plots/loss.svg").display(),
+        run_dir.join("plots/eval_accuracy.svg").display(),
+        run_dir.join("plots/pool_scores.svg").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,268 @@
+//! `edco train` end to end on tiny models: the run directory's contents, the edco curriculum's
+//! ordering, learning (one small set overfits), an interrupted run resumed mid-round ending
+//! bit-for-bit where the uninterrupted one does, and GRPO's rollouts, rewards and KL.
+
+mod common;
+
+use common::fixture_with_tokenizer;
+use edco::config::Config;
+use std::path::Path;
+
+/// A pool of multiple-choice items the byte-level tiny models can be prompted with.
+fn write_pool(path: &Path, n: usize) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let answer = ["A", "B", "C"][i % 3];
+            serde_json::json!({
+                "id": format!("item-{i:03}"),
+                "question": format!("Item {i}: which letter is {answer}?{}", " Think.".repeat(i % 4)),
+                "options": {"A": "first", "B": "second", "C": "third"},
+                "answer": answer,
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn config(model: &Path, dir: &Path, extra: &str) -> Config {
+    write_pool(&dir.join("train.jsonl"), 16);
+    write_pool(&dir.join("eval.jsonl"), 6);
+    let text = format!(
+        r#"
+[model]
+source = "{model}"
+finetune = "lora"
+lora = {{ r = 4, alpha = 8.0, dropout = 0.1, target_modules = ["q_proj", "v_proj", "down_proj"] }}
+[data]
+train = "{train}"
+eval = "{eval}"
+max_length = 256
+[entropy]
+prefix_tokens = 6
+batch_size = 8
+[curriculum]
+rounds = 2
+select_fraction = 0.25
+[sft]
+learning_rate = 1e-3
+min_learning_rate = 1e-4
+batch_size = 2
+[eval]
+max_new_tokens = 4
+[run]
+output_dir = "{out}"
+seed = 3
+{extra}
+"#,
+        model = model.display(),
+        train = dir.join("train.jsonl").display(),
+        eval = dir.join("eval.jsonl").display(),
+        out = dir.join("run").display(),
+    );
+    Config::from_toml(&text, &[]).unwrap()
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn sft_run_writes_the_run_directory() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(model.path(), dir.path(), "");
+    let run = edco::train::run(&cfg, None, false).unwrap();
+
+    let m = lines(&run.join("metrics.jsonl"));
+    let kinds: Vec<&str> = m.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    // eval before training, then per round: 2 steps (4 samples / batch 2) and the round line.
+    assert_eq!(
+        kinds,
+        ["eval", "step", "step", "round", "step", "step", "round"]
+    );
+    for r in m.iter().filter(|l| l["kind"] == "round") {
+        assert!(
+            r["score_seconds"].as_f64().unwrap() > 0.0
+                && r["train_seconds"].as_f64().unwrap() > 0.0
+        );
+        assert_eq!(r["selected"], 4);
+        assert!(
+            r["eval"]["accuracy"].is_number()
+                && r["eval"]["option_accuracy"].is_number()
+                && r["eval"]["loss"].is_number()
+        );
+        assert_eq!(r["pool_scores"]["count"], 16);
+    }
+    // The edco curriculum keeps the 4 highest-entropy samples of the round's scores.
+    let scores = lines(&run.join("scores/round_001.jsonl"));
+    assert_eq!(scores.len(), 16);
+    let mut by_score: Vec<(f64, String)> = scores
+        .iter()
+        .map(|l| {
+            (
+                l["score"].as_f64().unwrap(),
+                l["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_score.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let picked: Vec<String> = lines(&run.join("curriculum/round_001.jsonl"))
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        picked,
+        by_score
+            .iter()
+            .take(4)
+            .map(|x| x.1.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(lines(&run.join("curriculum/round_002.jsonl")).len(), 4);
+
+    let ckpts = edco::checkpoint::list(&run).unwrap();
+    assert_eq!(ckpts.len(), 2);
+    let last = ckpts.last().unwrap();
+    assert!(
+        last.join("adapter/adapter_model.safetensors").is_file()
+            && last.join("optimizer.safetensors").is_file()
+    );
+    for p in ["loss.svg", "eval_accuracy.svg", "pool_scores.svg"] {
+        assert!(run.join("plots").join(p).is_file(), "{p}");
+    }
+    assert_eq!(Config::load(&run.join("config.toml"), &[]).unwrap(), cfg);
+
+    // A second run into the same directory is refused rather than mixed in.
+    let e = edco::train::run(&cfg, None, false).unwrap_err();
+    assert!(format!("{e:#}").contains("already holds a run"));
+}
+
+#[test]
+fn one_small_set_overfits_with_full_fine_tuning() {
+    let model = fixture_with_tokenizer("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "";
+    let mut cfg = config(model.path(), dir.path(), extra);
+    cfg.model.finetune = edco::config::Finetune::Full;
+    cfg.curriculum.strategy = edco::config::Strategy::Random;
+    cfg.curriculum.rounds = 1;
+    cfg.sft.epochs_per_round = 25;
+    cfg.sft.batch_size = 4;
+    cfg.sft.schedule = edco::config::Schedule::Constant;
+    cfg.sft.weight_decay = 0.0;
+    cfg.eval.generate = false;
+    let run = edco::train::run(&cfg, None, false).unwrap();
+    let steps: Vec<f64> = lines(&run.join("metrics.jsonl"))
+        .iter()
+        .filter(|l| l["kind"] == "step")
+        .map(|l| l["loss"].as_f64().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 25);
+    let (first, last) = (steps[0], *steps.last().unwrap());
+    assert!(last < 0.3 * first, "loss {first} -> {last}");
+}
+
+fn adapter_bytes(run: &Path) -> Vec<u8> {
+    let last = edco::checkpoint::list(run).unwrap().pop().unwrap();
+    std::fs::read(last.join("adapter/adapter_model.safetensors")).unwrap()
+}
+
+#[test]
+fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        model.path(),
+        dir.path(),
+        "checkpoint_every_steps = 1\nkeep_last = 100",
+    );
+    let run = edco::train::run(&cfg, None, false).unwrap();
+    let all = edco::checkpoint::list(&run).unwrap();
+    // Round 2's first step is checkpointed mid-round: steps 1, 2 (end of round 1), 3, 4 (end).
+    assert_eq!(all.len(), 4);
+    let expected = adapter_bytes(&run);
+    let expected_metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+
+    // Interrupt: keep only the checkpoints up to the middle of round 2, as if it died there.
+    for later in &all[3..] {
+        std::fs::remove_dir_all(later).unwrap();
+    }
+    edco::train::run(&cfg, Some(&run), false).unwrap();
+    assert_eq!(
+        adapter_bytes(&run),
+        expected,
+        "final adapter differs after resume"
+    );
+    let resumed_metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let strip = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for k in [
+                    "seconds",
+                    "tokens_per_second",
+                    "score_seconds",
+                    "train_seconds",
+                ] {
+                    v.as_object_mut().unwrap().remove(k);
+                }
+                v["eval"].as_object_mut().map(|e| e.remove("seconds"));
+                v
+            })
+            .collect()
+    };
+    assert_eq!(strip(&resumed_metrics), strip(&expected_metrics));
+}
+
+#[test]
+fn grpo_rolls_out_rewards_and_updates_adapters() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "";
+    let mut cfg = config(model.path(), dir.path(), extra);
+    cfg.method = edco::config::Method::Grpo;
+    cfg.grpo.steps_per_round = 2;
+    cfg.grpo.prompts_per_step = 2;
+    cfg.grpo.num_generations = 4;
+    cfg.grpo.max_new_tokens = 6;
+    cfg.grpo.learning_rate = 1e-3;
+    cfg.grpo.min_learning_rate = 1e-3;
+    cfg.eval.generate = false;
+    let run = edco::train::run(&cfg, None, false).unwrap();
+    let steps: Vec<serde_json::Value> = lines(&run.join("metrics.jsonl"))
+        .into_iter()
+        .filter(|l| l["kind"] == "step")
+        .collect();
+    assert_eq!(steps.len(), 4);
+    for s in &steps {
+        for k in [
+            "reward_mean",
+            "reward_std",
+            "zero_std_fraction",
+            "kl",
+            "clip_fraction",
+            "completion_length",
+            "entropy",
+        ] {
+            assert!(s[k].is_number(), "{k} missing in {s}");
+        }
+        assert!(s["completion_length"].as_f64().unwrap() <= 6.0);
+    }
+    // LoRA starts at the base: the first step's KL to the reference is zero.
+    assert!(steps[0]["kl"].as_f64().unwrap().abs() < 1e-6);
+    assert!(run.join("plots/reward.svg").is_file());
+}
+
+#[test]
+fn dry_run_prints_the_plan_without_touching_the_output_dir() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(model.path(), dir.path(), "");
+    edco::train::run(&cfg, None, true).unwrap();
+    assert!(!dir.path().join("run").exists());
+}
