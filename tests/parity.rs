@@ -63,6 +63,9 @@ fn logits_match_transformers_with_left_and_right_padding() {
         );
         let m = model(name);
         let logits = m.forward(&batch, Mode::Eval).unwrap();
+        // The training path (composed, differentiable ops) computes the same logits as the
+        // inference path (fused kernels).
+        let train = m.forward(&batch, Mode::Train { seed: 0 }).unwrap();
         let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
         let entropy = (lsm.exp().unwrap() * &lsm)
             .unwrap()
@@ -80,6 +83,10 @@ fn logits_match_transformers_with_left_and_right_padding() {
                 assert!(
                     max_abs_diff(&at(&logits), &at(&r["logits"])) < 1e-4,
                     "{name} logits row {b} pos {t}"
+                );
+                assert!(
+                    max_abs_diff(&at(&train), &at(&r["logits"])) < 1e-4,
+                    "{name} training-path logits row {b} pos {t}"
                 );
                 assert!(
                     max_abs_diff(&at(&lsm), &at(&r["log_softmax"])) < 1e-4,

@@ -1,20 +1,29 @@
-//! The decoder's building blocks, written only with ops that candle can differentiate
-//! (CANDLE_NOTES: the fused `rms_norm`, `rope` and `softmax_last_dim` cut gradients silently).
+//! The decoder's building blocks. The training path uses only ops candle can differentiate
+//! (candle's fused `rms_norm`, `rope` and `softmax_last_dim` cut gradients silently); inference
+//! uses those fused kernels, which agree with the composed ops to ~1e-6.
 //! Maths and parameter names follow transformers' `modeling_llama.py` / `modeling_qwen3.py`.
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 
-/// Where a forward pass runs: evaluation, or training with LoRA dropout drawn from `seed`
-/// (so a step is reproducible on resume).
+/// Where a forward pass runs. Only `Train` builds a graph that gradients flow through: the
+/// other modes use candle's fused RMSNorm, RoPE and softmax kernels, which are faster and carry
+/// no gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     Eval,
+    /// Training, with LoRA dropout drawn from `seed` (so a step is reproducible on resume).
     Train {
         seed: u64,
     },
     /// LoRA adapters switched off: the frozen base, used as the GRPO reference policy.
     BaseOnly,
+}
+
+impl Mode {
+    pub fn fused(self) -> bool {
+        !matches!(self, Mode::Train { .. })
+    }
 }
 
 /// A LoRA adapter on one projection: `y += scale * B(A(dropout(x)))`, PEFT's layout
@@ -88,7 +97,10 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
+        }
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
@@ -103,6 +115,9 @@ impl RmsNorm {
 pub struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
+    /// (B, T, head_dim / 2) halves for candle's fused kernel.
+    cos_half: Tensor,
+    sin_half: Tensor,
 }
 
 impl Rope {
@@ -117,14 +132,20 @@ impl Rope {
         let emb = Tensor::cat(&[&freqs, &freqs], D::Minus1)?; // (B*T, D)
         let d = emb.dim(1)?;
         let shape = (b, 1, t, d);
+        let half = (b, t, d / 2);
         Ok(Self {
             cos: emb.cos()?.to_dtype(dtype)?.reshape(shape)?,
             sin: emb.sin()?.to_dtype(dtype)?.reshape(shape)?,
+            cos_half: freqs.cos()?.to_dtype(dtype)?.reshape(half)?,
+            sin_half: freqs.sin()?.to_dtype(dtype)?.reshape(half)?,
         })
     }
 
     /// `x`: (B, H, T, D).
-    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn apply(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return candle_nn::rotary_emb::rope(&x.contiguous()?, &self.cos_half, &self.sin_half);
+        }
         let half = x.dim(D::Minus1)? / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
@@ -137,7 +158,7 @@ impl Rope {
 /// the G query heads of a KV head are stacked along the time axis instead.
 /// `q`: (B, H, Tq, D); `k`, `v`: (B, KVH, Tk, D); `mask`: additive f32 (B, 1, Tq, Tk).
 /// Returns (B, Tq, H * D). Softmax runs in f32, as transformers' eager attention does.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, fused: bool) -> Result<Tensor> {
     let (b, h, tq, d) = q.dims4()?;
     let (_, kvh, tk, _) = k.dims4()?;
     let g = h / kvh;
@@ -145,7 +166,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Te
     let q = (q.contiguous()?.reshape((b, kvh, g * tq, d))? * (1.0 / (d as f64).sqrt()))?;
     let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
-    let probs = candle_nn::ops::softmax(&scores, D::Minus1)?.to_dtype(dtype)?;
+    let probs = if fused {
+        candle_nn::ops::softmax_last_dim(&scores)?
+    } else {
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+    };
+    let probs = probs.to_dtype(dtype)?;
     let out = probs
         .reshape((b, kvh, g * tq, tk))?
         .matmul(&v.contiguous()?)?; // (B, KVH, G*Tq, D)
@@ -208,7 +234,7 @@ mod tests {
             weight: w.clone(),
             eps: 1e-6,
         }
-        .forward(&x)
+        .forward(&x, false)
         .unwrap();
         let fused = candle_nn::ops::rms_norm(&x, &w, 1e-6).unwrap();
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
@@ -227,11 +253,20 @@ mod tests {
             .unwrap();
         let pos = pos.repeat((b, 1)).unwrap();
         let rope = Rope::new(&inv_freq, &pos, DType::F32).unwrap();
-        let ours = rope.apply(&x).unwrap();
+        let ours = rope.apply(&x, false).unwrap();
         // candle's fused op takes the (T, D/2) half-tables of row 0 (all rows share positions).
         let half = |t: &Tensor| t.get(0)?.squeeze(0)?.narrow(1, 0, d / 2)?.contiguous();
         let (cos, sin) = (half(&rope.cos).unwrap(), half(&rope.sin).unwrap());
         let fused = candle_nn::rotary_emb::rope(&x, &cos, &sin).unwrap();
+        // The fused path of `apply` (per-row tables) must agree too.
+        let per_row = rope.apply(&x, true).unwrap();
+        let d = (&per_row - &fused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
@@ -244,7 +279,10 @@ mod tests {
         let k = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
         let v = Tensor::randn(0f32, 1.0, (b, kvh, t, d), &dev).unwrap();
         let mask = causal_mask(&[vec![1; t], vec![0, 0, 1, 1, 1]], t, &dev).unwrap();
-        let ours = attention(&q, &k, &v, &mask).unwrap();
+        let ours = attention(&q, &k, &v, &mask, false).unwrap();
+        let fused = attention(&q, &k, &v, &mask, true).unwrap();
+        let fused_diff = (&ours - &fused).unwrap().abs().unwrap().max_all().unwrap();
+        assert!(fused_diff.to_scalar::<f32>().unwrap() < 1e-5);
         // Reference: transformers' repeat_kv (head h uses KV head h / G), then plain attention.
         let rep = |x: &Tensor| {
             let x = x

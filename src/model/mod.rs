@@ -436,6 +436,7 @@ impl Decoder {
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
+        let fused = mode.fused();
         let rope = Rope::new(&self.inv_freq, positions, self.dtype)?;
         let mask = causal_mask(key_mask, t, &self.device)?;
         let mut x = self
@@ -443,18 +444,18 @@ impl Decoder {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, t, c.hidden_size))?;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let h = layer.input_layernorm.forward(&x)?;
+            let h = layer.input_layernorm.forward(&x, fused)?;
             let a = &layer.self_attn;
             let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
                 let y = proj.forward(&h, mode)?.reshape((b, t, n, c.head_dim))?;
                 let y = match norm {
-                    Some(norm) => norm.forward(&y)?,
+                    Some(norm) => norm.forward(&y, fused)?,
                     None => y,
                 };
                 y.transpose(1, 2) // (B, n, T, D)
             };
-            let q = rope.apply(&heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?)?;
-            let k = rope.apply(&heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?)?;
+            let q = rope.apply(&heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?, fused)?;
+            let k = rope.apply(&heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?, fused)?;
             let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
             let (k, v) = match (keep_cache, &cache.k, &cache.v) {
                 (true, Some(pk), Some(pv)) => {
@@ -466,12 +467,12 @@ impl Decoder {
                 cache.k = Some(k.contiguous()?);
                 cache.v = Some(v.contiguous()?);
             }
-            let attn = attention(&q, &k, &v, &mask)?;
+            let attn = attention(&q, &k, &v, &mask, fused)?;
             x = (x + a.o_proj.forward(&attn, mode)?)?;
-            let h = layer.post_attention_layernorm.forward(&x)?;
+            let h = layer.post_attention_layernorm.forward(&x, fused)?;
             x = (&x + layer.mlp.forward(&h, mode)?)?;
         }
-        self.norm.forward(&x)
+        self.norm.forward(&x, fused)
     }
 
     /// Every projection, with its HF module path, for adapters and merging.
