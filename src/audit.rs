@@ -100,6 +100,7 @@ fn summary(pass: &Pass, unit_scale: f64) -> serde_json::Value {
         "scored_tokens": tokens,
         "tokens_per_second": tokens as f64 / pass.seconds.max(1e-9),
         "eos_fraction": eos as f64 / completions.max(1) as f64,
+        "prompts_cut": pass.scores.iter().filter(|e| e.prompt_cut > 0).count(),
     })
 }
 
@@ -116,6 +117,12 @@ pub fn run(
     };
     let unit = if opts.bits { "bits" } else { "nats" };
     let main = run_pass(loaded, samples, cfg, "scoring")?;
+    let cut = main.scores.iter().filter(|e| e.prompt_cut > 0).count();
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} prompts were cut from the left to fit --max-length / the model's context"
+        );
+    }
     let full = match opts.compare_full {
         Some(cap) => {
             let full_cfg = EntropyConfig {
@@ -135,6 +142,7 @@ pub fn run(
             "unit": unit,
             "tokens": e.tokens(),
             "eos": e.eos.iter().all(|&x| x),
+            "prompt_cut": e.prompt_cut,
         });
         if let Some(full) = &full {
             line["full_score"] = json!(full.scores[i].score as f64 * scale);

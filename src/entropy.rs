@@ -8,13 +8,13 @@
 //! template for scoring, several samples or greedy decoding on request.
 
 use crate::data::Sample;
+use crate::model::Decoder;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
-use crate::model::{Batch, Decoder};
-use crate::perplexity::{Tokenized, tokenize_pair};
+use crate::perplexity::{Tokenized, response_logits, tokenize_pair};
 use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Result, bail};
-use candle_core::{D, DType, IndexOp};
+use candle_core::D;
 use rayon::prelude::*;
 
 /// EDCO.md's quick-answer instruction, appended to the last user turn so that the first tokens
@@ -102,6 +102,8 @@ pub struct SampleEntropy {
     pub entropies: Vec<Vec<f32>>,
     /// Per completion, whether it ended with EOS (teacher-forced: always true).
     pub eos: Vec<bool>,
+    /// Prompt tokens cut from the left to fit `max_length` (and the model's context).
+    pub prompt_cut: usize,
 }
 
 impl SampleEntropy {
@@ -167,16 +169,27 @@ fn generated(
     max_new_tokens: usize,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<SampleEntropy>> {
+    // Room for the prompt: the configured limit, within the model's context after generation.
+    let limit = cfg
+        .max_length
+        .min(
+            model
+                .config
+                .max_position_embeddings
+                .saturating_sub(max_new_tokens),
+        )
+        .max(1);
+    let mut cuts = vec![0usize; samples.len()];
     let prompts = samples
         .par_iter()
-        .map(|s| {
+        .zip(cuts.par_iter_mut())
+        .map(|(s, cut)| {
             let mut ids = tok.encode_chat(
                 &scoring_messages(s, cfg.quick_answer.as_deref()),
                 &cfg.template_args,
             )?;
-            if ids.len() > cfg.max_length {
-                ids.drain(..ids.len() - cfg.max_length);
-            }
+            *cut = ids.len().saturating_sub(limit);
+            ids.drain(..*cut);
             Ok(Prompt {
                 ids,
                 seed: id_seed(cfg.seed, &s.id),
@@ -212,6 +225,7 @@ fn generated(
                 score,
                 entropies,
                 eos: mine.iter().map(|g| g.finished).collect(),
+                prompt_cut: cuts[i],
             });
         }
         done += chunk.len();
@@ -227,33 +241,31 @@ fn teacher_forced(
     cfg: &EntropyConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<SampleEntropy>> {
+    let limit = cfg.max_length.min(model.config.max_position_embeddings);
     let pairs: Vec<Tokenized> = samples
         .par_iter()
-        .map(|s| tokenize_pair(tok, s, &cfg.template_args, cfg.max_length))
+        .map(|s| tokenize_pair(tok, s, &cfg.template_args, limit))
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].prompt.len() + pairs[i].response.len()));
     let mut out: Vec<Option<SampleEntropy>> = vec![None; samples.len()];
     let (mut done, mut tokens) = (0, 0);
     for chunk in order.chunks(cfg.batch_size) {
-        let rows: Vec<Vec<u32>> = chunk
-            .iter()
-            .map(|&i| [pairs[i].prompt.as_slice(), &pairs[i].response].concat())
-            .collect();
-        let batch = Batch::right_padded(&rows, tok.pad_id(), model.device())?;
-        let logits = model.forward(&batch, Mode::Eval)?.to_dtype(DType::F32)?;
+        let batch: Vec<Tokenized> = chunk.iter().map(|&i| pairs[i].clone()).collect();
+        let (logits, _) = response_logits(model, &batch, tok.pad_id(), Mode::Eval)?;
         let lsm = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-        let h = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?; // (B, T)
-        for (j, &i) in chunk.iter().enumerate() {
-            let (p, r) = (pairs[i].prompt.len(), pairs[i].response.len());
-            // Position t predicts token t + 1: the answer is predicted from p - 1 to p + r - 2.
-            let row: Vec<f32> = h.i((j, p - 1..p - 1 + r))?.to_vec1()?;
+        let h: Vec<f32> = (lsm.exp()? * &lsm)?.sum(D::Minus1)?.neg()?.to_vec1()?; // (N,)
+        let mut offset = 0;
+        for &i in chunk {
+            let row = h[offset..offset + pairs[i].response.len()].to_vec();
+            offset += row.len();
             tokens += row.len();
             out[i] = Some(SampleEntropy {
                 id: samples[i].id.clone(),
                 score: cfg.aggregate.apply(&row),
                 entropies: vec![row],
                 eos: vec![true],
+                prompt_cut: pairs[i].cut,
             });
         }
         done += chunk.len();

@@ -12,10 +12,12 @@ use candle_core::{D, DType, Tensor};
 use serde::Serialize;
 
 /// A prompt and its response as token ids.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Tokenized {
     pub prompt: Vec<u32>,
     pub response: Vec<u32>,
+    /// Prompt tokens cut from the left to fit the length limit (reported, never silent).
+    pub cut: usize,
 }
 
 /// Chat-formats the prompt and appends the EOS token to the response, truncating the prompt
@@ -37,16 +39,19 @@ pub fn tokenize_pair(
     }
     response.truncate(max_length.saturating_sub(1).max(1));
     let room = max_length.saturating_sub(response.len());
-    if prompt.len() > room {
-        prompt.drain(..prompt.len() - room);
-    }
+    let cut = prompt.len().saturating_sub(room);
+    prompt.drain(..cut);
     if prompt.is_empty() {
         bail!(
             "sample `{}`: no room for the prompt within max_length {max_length}",
             sample.id
         );
     }
-    Ok(Tokenized { prompt, response })
+    Ok(Tokenized {
+        prompt,
+        response,
+        cut,
+    })
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -58,15 +63,15 @@ pub struct Score {
     pub tokens: usize,
 }
 
-/// log p(token) of every response token, rows concatenated: (N,) with N the total response
-/// length. The right-padded batch runs once; the vocabulary head is applied only at the
-/// positions that predict response tokens (never the full (B, T, V) logits).
-pub fn response_token_log_probs(
+/// Logits (N, V) at the positions that predict response tokens, with those tokens (N, 1), rows
+/// concatenated (N = total response length). The right-padded batch runs once; the vocabulary
+/// head is applied only at those positions (never the full (B, T, V) logits).
+pub fn response_logits(
     model: &Decoder,
     pairs: &[Tokenized],
     pad_id: u32,
     mode: Mode,
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     let rows: Vec<Vec<u32>> = pairs
         .iter()
         .map(|p| [p.prompt.as_slice(), &p.response].concat())
@@ -86,9 +91,22 @@ pub fn response_token_log_probs(
     let n = at.len();
     let at = Tensor::from_vec(at, n, model.device())?;
     let targets = Tensor::from_vec(targets, (n, 1), model.device())?;
-    let logits = model
-        .logits(&hidden.index_select(&at, 0)?)?
-        .to_dtype(DType::F32)?;
+    Ok((
+        model
+            .logits(&hidden.index_select(&at, 0)?)?
+            .to_dtype(DType::F32)?,
+        targets,
+    ))
+}
+
+/// log p(token) of every response token, rows concatenated: (N,).
+pub fn response_token_log_probs(
+    model: &Decoder,
+    pairs: &[Tokenized],
+    pad_id: u32,
+    mode: Mode,
+) -> Result<Tensor> {
+    let (logits, targets) = response_logits(model, pairs, pad_id, mode)?;
     let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     Ok(log_probs.gather(&targets, 1)?.squeeze(1)?)
 }
@@ -122,9 +140,10 @@ pub fn score(
     let pad = tok.pad_id();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {
+        let limit = max_length.min(model.config.max_position_embeddings);
         let pairs = chunk
             .iter()
-            .map(|s| tokenize_pair(tok, s, template_args, max_length))
+            .map(|s| tokenize_pair(tok, s, template_args, limit))
             .collect::<Result<Vec<_>>>()?;
         let lps = response_log_probs(model, &pairs, pad, Mode::Eval)?;
         for (s, lp) in chunk.iter().zip(lps) {

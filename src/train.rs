@@ -221,6 +221,14 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     } else {
         load_jsonl(&cfg.data.eval, cfg.data.skip_invalid)?.samples
     };
+    if cfg.curriculum.select_n > pool.len() {
+        bail!(
+            "`curriculum.select_n` = {} exceeds the {} samples of {}",
+            cfg.curriculum.select_n,
+            pool.len(),
+            cfg.data.train.display()
+        );
+    }
     let plan = Plan::new(cfg, pool.len());
     if dry_run {
         println!("{}", toml::to_string(cfg)?);
@@ -255,21 +263,35 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let loaded = load_model(cfg, resumed.as_ref().map(|(d, _)| d.as_path()))?;
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let template_args = cfg.template_args();
-    // SFT trains on prompt + reference; GRPO needs the prompts only.
+    // SFT trains on prompt + reference; GRPO needs the prompts only. Over-long prompts are cut
+    // from the left, and the run says how many.
+    let limit = cfg
+        .data
+        .max_length
+        .min(model.config.max_position_embeddings);
     let pairs: Vec<Tokenized> = pool
         .par_iter()
         .map(|s| match cfg.method {
-            Method::Sft => tokenize_pair(tok, s, &template_args, cfg.data.max_length),
+            Method::Sft => tokenize_pair(tok, s, &template_args, limit),
             Method::Grpo => {
                 let mut prompt = tok.encode_chat(&s.messages, &template_args)?;
-                prompt.drain(..prompt.len().saturating_sub(cfg.data.max_length));
+                let cut = prompt.len().saturating_sub(limit);
+                prompt.drain(..cut);
                 Ok(Tokenized {
                     prompt,
                     response: Vec::new(),
+                    cut,
                 })
             }
         })
         .collect::<Result<_>>()?;
+    let cut = pairs.iter().filter(|p| p.cut > 0).count();
+    if cut > 0 {
+        eprintln!(
+            "warning: {cut} of {} samples were cut from the left to {limit} tokens (data.max_length)",
+            pairs.len()
+        );
+    }
     let s = &cfg.sft;
     let g = &cfg.grpo;
     let adam = match cfg.method {
@@ -560,7 +582,21 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             line["lr"] = json!(lr);
             line["seconds"] = json!(secs);
             line["tokens_per_second"] = json!(tokens / secs.max(1e-9));
+            let finite = line["loss"].as_f64().is_some_and(f64::is_finite);
             metrics.log(line)?;
+            if !finite {
+                // The update is already poisoned; stop before anything overwrites a checkpoint.
+                let last = checkpoint::list(&run_dir)?.pop();
+                bail!(
+                    "step {} (round {round}): the loss is not finite; stopping. The last good checkpoint is {} \
+                     (resume from it with --resume {} after lowering the learning rate)",
+                    state.global_step,
+                    last.map_or("none (no checkpoint yet)".to_string(), |p| p
+                        .display()
+                        .to_string()),
+                    run_dir.display()
+                );
+            }
             bar.inc(1);
             let mid = cfg.run.checkpoint_every_steps > 0
                 && state.global_step % cfg.run.checkpoint_every_steps == 0

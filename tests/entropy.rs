@@ -200,3 +200,36 @@ fn teacher_forced_scores_one_position_per_reference_token() {
         assert!((a.score - b.score).abs() < 1e-5);
     }
 }
+
+#[test]
+fn long_prompts_are_cut_and_reported() {
+    let (_d, m, samples) = setup();
+    let cfg = EntropyConfig {
+        horizon: Horizon::Prefix(4),
+        max_length: 40,
+        ..Default::default()
+    };
+    let scores = run(&m, &samples, &cfg);
+    // The byte-level chat prompt of "Explain the rules of chess in detail, please." plus the
+    // quick-answer instruction is far longer than 40 tokens; "x" with it is too.
+    let cut: Vec<&str> = scores
+        .iter()
+        .filter(|e| e.prompt_cut > 0)
+        .map(|e| e.id.as_str())
+        .collect();
+    assert_eq!(
+        cut.len(),
+        samples.len(),
+        "every prompt with the instruction exceeds 40 byte tokens"
+    );
+    let uncut = run(
+        &m,
+        &samples,
+        &EntropyConfig {
+            quick_answer: None,
+            max_length: 40,
+            ..cfg
+        },
+    );
+    assert!(uncut.iter().any(|e| e.prompt_cut == 0) && uncut.iter().any(|e| e.prompt_cut > 0));
+}

@@ -266,3 +266,57 @@ fn dry_run_prints_the_plan_without_touching_the_output_dir() {
     edco::train::run(&cfg, None, true).unwrap();
     assert!(!dir.path().join("run").exists());
 }
+
+#[test]
+fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint() {
+    let model = fixture_with_tokenizer("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(model.path(), dir.path(), "");
+    cfg.model.finetune = edco::config::Finetune::Full;
+    cfg.curriculum.strategy = edco::config::Strategy::Random;
+    cfg.eval.generate = false;
+    // Round 1 trains sanely and checkpoints; round 2 gets an absurd learning rate.
+    let run = edco::train::run(&cfg, None, false).unwrap();
+    let before = edco::checkpoint::list(&run).unwrap();
+    let first = before[0].clone();
+    std::fs::remove_dir_all(&before[1]).unwrap();
+    let mut wild = cfg.clone();
+    // An infinite rate turns the weights into inf and NaN (finite huge rates are absorbed by
+    // RMSNorm), so the second step of round 2 computes a NaN loss.
+    wild.sft.learning_rate = f64::INFINITY;
+    wild.sft.min_learning_rate = f64::INFINITY;
+    wild.sft.max_grad_norm = 0.0;
+    let e = edco::train::run(&wild, Some(&run), false).unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("(round 2): the loss is not finite")
+            && msg.contains(&first.display().to_string()),
+        "{msg}"
+    );
+    assert_eq!(edco::checkpoint::list(&run).unwrap(), vec![first]);
+}
+
+#[test]
+fn a_selection_larger_than_the_pool_is_refused() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(model.path(), dir.path(), "");
+    cfg.curriculum.select_n = 17;
+    let e = edco::train::run(&cfg, None, false).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("`curriculum.select_n` = 17 exceeds the 16 samples"),
+        "{e:#}"
+    );
+    let e = Config::from_toml(
+        "[model]\nsource = \"m\"\n[data]\ntrain = \"t\"\n[sft]\nbatch_size = 0\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("batch_size"), "{e:#}");
+    let e = Config::from_toml(
+        "[model]\nsource = \"m\"\n[data]\ntrain = \"t\"\n[sft]\nbatch_size = -2\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(format!("{e:#}").contains("batch_size"), "{e:#}");
+}

@@ -104,6 +104,7 @@ pub fn rollout(
                 .map(|g| Tokenized {
                     prompt: prompt.ids.clone(),
                     response: g.tokens.clone(),
+                    cut: 0,
                 })
                 .collect(),
             advantages: advantages(&rewards, p.scale_rewards),
