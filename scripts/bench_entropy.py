@@ -14,7 +14,7 @@ sampling, batch 16, left padding, entropies from the raw logits) and reports edc
 tokens per second over transformers'.
 
 Usage (from the repository root, after `cargo build --release`):
-  PYTHON=venv/bin/python $PYTHON scripts/bench_entropy.py --data ../shared/data/medicine/medqa_usmle_test.jsonl
+  PYTHON=venv/bin/python $PYTHON scripts/bench_entropy.py --data PATH/medqa_usmle_test.jsonl
 Prints a Markdown table and writes the raw numbers to --out (JSON).
 """
 

@@ -116,8 +116,8 @@ pub fn parse_device(s: &str) -> Result<Device> {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// The run's TOML config (not needed with --resume, which reads the run's own copy).
-    #[arg(long, required_unless_present = "resume")]
+    /// The run's TOML config (not with --resume, which reads the run's own copy; use --set there).
+    #[arg(long, required_unless_present = "resume", conflicts_with = "resume")]
     pub config: Option<PathBuf>,
     /// Override a config value, e.g. --set sft.learning_rate=1e-5 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]

@@ -219,7 +219,7 @@ pub struct SftSection {
     pub max_grad_norm: f64,
     /// Passes over each round's selection.
     pub epochs_per_round: usize,
-    /// Fresh AdamW moments every round (the original's behaviour) or carried over.
+    /// Fresh AdamW moments every round (the EDCO paper's behaviour) or carried over.
     pub reset_optimizer: bool,
 }
 

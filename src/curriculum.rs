@@ -1,5 +1,5 @@
 //! Which samples each round trains on. One interface for every strategy, the same budget per
-//! round for all, so comparisons are fair (EDCO.md, component 2):
+//! round for all, so comparisons are fair:
 //! - `edco`: the pool is scored with the current model (all of it, or the least recently scored
 //!   `rescore_fraction` with the others keeping their last score), the top `drop_top_fraction`
 //!   is dropped as likely noise, then the N highest are kept (or N are drawn without
@@ -9,7 +9,11 @@
 //!   prompt, lowest reference perplexity, highest entropy first) and rounds walk that order.
 
 use crate::config::{CurriculumSection, Strategy};
+use crate::model::generate::mix_seed;
 use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// Distinguishes the selection's random stream from every other use of the run seed.
+const SELECT_SEED_TAG: u64 = 1;
 use serde::{Deserialize, Serialize};
 
 /// One selected sample.
@@ -121,8 +125,7 @@ impl Curriculum {
     /// The selection for round `round` (1-based).
     pub fn select(&mut self, round: usize) -> Vec<Pick> {
         let n = self.per_round.min(self.pool());
-        let mut rng =
-            StdRng::seed_from_u64(self.seed ^ (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = StdRng::seed_from_u64(mix_seed(&[SELECT_SEED_TAG, self.seed, round as u64]));
         let chosen: Vec<usize> = match self.cfg.strategy {
             Strategy::Edco => {
                 let ranked = self.ranked(false);

@@ -136,7 +136,13 @@ pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
         return match obj.get("options") {
             None | Some(Value::Null) => Ok(Sample {
                 id,
-                messages: vec![Message::new("user", question)],
+                messages: vec![Message::new(
+                    "user",
+                    &match context.filter(|c| !c.trim().is_empty()) {
+                        Some(c) => format!("{}\n\n{}", c.trim(), question.trim()),
+                        None => question.to_string(),
+                    },
+                )],
                 response: Some(str_field(&obj, "solution")?.map_or(answer.clone(), str::to_string)),
                 answer: Some(answer),
                 options: None,

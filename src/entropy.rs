@@ -1,10 +1,10 @@
-//! EDCO's inference-entropy estimator (EDCO.md, component 1): score each sample by the exact
+//! EDCO's inference-entropy estimator (the EDCO paper's first component): score each sample by the exact
 //! Shannon entropy of the model's full-vocabulary next-token distribution along a generated
 //! answer (its first K tokens, or up to EOS / a cap), or along the reference answer in one
 //! teacher-forced pass. Per-position entropies come from the raw logits, before temperature and
-//! top-p; a sample's score is their mean, or the mean of the top fraction (the original code's
+//! top-p; a sample's score is their mean, or the mean of the top fraction (the EDCO release's
 //! "forking tokens"), averaged over `samples_per_prompt` completions.
-//! Deviations from the original: exact entropy instead of top-20 log-probs, the training chat
+//! Deviations from the EDCO paper: exact entropy instead of top-20 log-probs, the training chat
 //! template for scoring, several samples or greedy decoding on request.
 
 use crate::data::Sample;
@@ -13,11 +13,11 @@ use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
 use crate::perplexity::{Tokenized, response_logits, tokenize_pair};
 use crate::tokenizer::{Message, Tokenizer};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use candle_core::D;
 use rayon::prelude::*;
 
-/// EDCO.md's quick-answer instruction, appended to the last user turn so that the first tokens
+/// The quick-answer instruction, appended to the last user turn so that the first tokens
 /// of an answer already carry the model's uncertainty.
 pub const QUICK_ANSWER: &str = "Answer in at most three sentences; keep any reasoning short.";
 
@@ -184,10 +184,12 @@ fn generated(
         .par_iter()
         .zip(cuts.par_iter_mut())
         .map(|(s, cut)| {
-            let mut ids = tok.encode_chat(
-                &scoring_messages(s, cfg.quick_answer.as_deref()),
-                &cfg.template_args,
-            )?;
+            let mut ids = tok
+                .encode_chat(
+                    &scoring_messages(s, cfg.quick_answer.as_deref()),
+                    &cfg.template_args,
+                )
+                .with_context(|| format!("sample `{}`", s.id))?;
             *cut = ids.len().saturating_sub(limit);
             ids.drain(..*cut);
             Ok(Prompt {

@@ -10,7 +10,7 @@ use crate::model::{Batch, Decoder};
 use crate::perplexity::score;
 use crate::reward::is_correct;
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{D, DType, IndexOp};
 use serde::Serialize;
 use std::time::Instant;
@@ -83,7 +83,10 @@ impl Evaluator<'_> {
     }
 
     fn prompt_ids(&self, s: &Sample) -> Result<Vec<u32>> {
-        let mut ids = self.tok.encode_chat(&s.messages, self.template_args)?;
+        let mut ids = self
+            .tok
+            .encode_chat(&s.messages, self.template_args)
+            .with_context(|| format!("sample `{}`", s.id))?;
         if ids.len() > self.max_length {
             ids.drain(..ids.len() - self.max_length);
         }

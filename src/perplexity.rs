@@ -18,6 +18,8 @@ pub struct Tokenized {
     pub response: Vec<u32>,
     /// Prompt tokens cut from the left to fit the length limit (reported, never silent).
     pub cut: usize,
+    /// Response tokens cut from the end (the response alone exceeded the limit).
+    pub response_cut: usize,
 }
 
 /// Chat-formats the prompt and appends the EOS token to the response, truncating the prompt
@@ -32,12 +34,16 @@ pub fn tokenize_pair(
         .response
         .as_deref()
         .with_context(|| format!("sample `{}` has no response", sample.id))?;
-    let mut prompt = tok.encode_chat(&sample.messages, template_args)?;
+    let mut prompt = tok
+        .encode_chat(&sample.messages, template_args)
+        .with_context(|| format!("sample `{}`", sample.id))?;
     let mut response = tok.encode(response, false)?;
     if let Some(eos) = tok.meta.eos_token.as_deref().and_then(|t| tok.token_id(t)) {
         response.push(eos);
     }
-    response.truncate(max_length.saturating_sub(1).max(1));
+    let keep = max_length.saturating_sub(1).max(1);
+    let response_cut = response.len().saturating_sub(keep);
+    response.truncate(keep);
     let room = max_length.saturating_sub(response.len());
     let cut = prompt.len().saturating_sub(room);
     prompt.drain(..cut);
@@ -51,6 +57,7 @@ pub fn tokenize_pair(
         prompt,
         response,
         cut,
+        response_cut,
     })
 }
 

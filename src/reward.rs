@@ -20,8 +20,9 @@ fn is_letter_at(chars: &[char], i: usize, letters: &[String]) -> Option<String> 
 
 /// The option letter a reply commits to, if any.
 pub fn extract_choice(reply: &str, letters: &[String]) -> Option<String> {
-    let lower = reply.to_lowercase();
-    for cue in ["answer is", "answer:", "answer is:"] {
+    // ASCII lowercasing keeps byte offsets, so `pos` indexes `reply` too.
+    let lower = reply.to_ascii_lowercase();
+    for cue in ["answer is", "answer:"] {
         if let Some(pos) = lower.find(cue) {
             let rest: Vec<char> = reply[pos + cue.len()..].chars().collect();
             for i in 0..rest.len().min(12) {
@@ -48,8 +49,11 @@ pub fn extract_number(reply: &str) -> Option<f64> {
     let cleaned: String = reply.chars().filter(|c| *c != ',').collect();
     let mut last = None;
     let mut cur = String::new();
+    let mut prev = ' ';
     for c in cleaned.chars().chain(std::iter::once(' ')) {
-        if c.is_ascii_digit() || (c == '.' && !cur.is_empty()) || (c == '-' && cur.is_empty()) {
+        // A minus sign only where a number can start (not the hyphen of "5-10").
+        let starts_negative = c == '-' && cur.is_empty() && !prev.is_ascii_digit();
+        if c.is_ascii_digit() || (c == '.' && !cur.is_empty()) || starts_negative {
             cur.push(c);
         } else {
             if let Ok(v) = cur.trim_end_matches('.').parse::<f64>() {
@@ -57,6 +61,7 @@ pub fn extract_number(reply: &str) -> Option<f64> {
             }
             cur.clear();
         }
+        prev = c;
     }
     last
 }
@@ -130,6 +135,12 @@ mod tests {
         assert_eq!(extract_number("so 3 + 4 = 7\n#### 1,600"), Some(1600.0));
         assert_eq!(extract_number("It costs -2.5 dollars."), Some(-2.5));
         assert_eq!(extract_number("none"), None);
+        assert_eq!(extract_number("take 5-10 mg"), Some(10.0));
+        // Non-ASCII text before the cue must not shift the slice (and must not panic).
+        assert_eq!(
+            extract_choice("İİ the answer is B", &letters()).as_deref(),
+            Some("B")
+        );
         assert_eq!(first_yes_no("Yes, it is."), Some("yes"));
         assert_eq!(first_yes_no("Probably not; no."), Some("no"));
     }

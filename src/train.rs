@@ -1,4 +1,4 @@
-//! `edco train`: the EDCO loop in one process (EDCO.md). Setup (config, data, model, run
+//! `edco train`: the EDCO loop in one process. Setup (config, data, model, run
 //! directory), then per round: score the pool with the current model, select, train on the
 //! selection with SFT, evaluate, checkpoint; metrics go to `metrics.jsonl` with the time spent
 //! scoring kept apart from the time spent training, and the pictures are drawn at the end.
@@ -13,7 +13,12 @@ use crate::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
 use crate::eval::{EvalReport, Evaluator};
 use crate::model::Trainable;
 use crate::model::generate::Prompt;
-use crate::model::generate::Sampling;
+use crate::model::generate::{Sampling, mix_seed};
+
+// Tags that keep the run seed's uses apart: scoring, shuffling, and each step's streams.
+const SCORE_SEED_TAG: u64 = 2;
+const SHUFFLE_SEED_TAG: u64 = 3;
+const STEP_SEED_TAG: u64 = 4;
 use crate::model::load::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
 use crate::model::weights::write_atomic;
@@ -101,7 +106,7 @@ fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
             }
         },
         samples_per_prompt: e.samples_per_prompt,
-        seed: cfg.run.seed.wrapping_add(round as u64),
+        seed: mix_seed(&[SCORE_SEED_TAG, cfg.run.seed, round as u64]),
         batch_size: e.batch_size,
         quick_answer: (!e.quick_answer.is_empty()).then(|| e.quick_answer.clone()),
         max_length: cfg.data.max_length,
@@ -119,7 +124,7 @@ impl Metrics {
     fn open(path: &Path, keep_lines: Option<usize>) -> Result<Self> {
         let existing = match keep_lines {
             Some(n) => std::fs::read_to_string(path)
-                .unwrap_or_default()
+                .with_context(|| format!("reading {} to resume", path.display()))?
                 .lines()
                 .take(n)
                 .map(|l| format!("{l}\n"))
@@ -242,7 +247,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let resumed = match resume {
         Some(dir) => Some(checkpoint::latest(dir)?),
         None => {
-            if checkpoint::list(&run_dir)?.last().is_some() {
+            if checkpoint::list(&run_dir)?.last().is_some()
+                || run_dir.join("metrics.jsonl").exists()
+            {
                 bail!(
                     "{}: already holds a run; resume it with --resume {0} or choose another run.output_dir",
                     run_dir.display()
@@ -274,17 +281,25 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         .map(|s| match cfg.method {
             Method::Sft => tokenize_pair(tok, s, &template_args, limit),
             Method::Grpo => {
-                let mut prompt = tok.encode_chat(&s.messages, &template_args)?;
+                let mut prompt = tok
+                    .encode_chat(&s.messages, &template_args)
+                    .with_context(|| format!("sample `{}`", s.id))?;
                 let cut = prompt.len().saturating_sub(limit);
                 prompt.drain(..cut);
                 Ok(Tokenized {
                     prompt,
-                    response: Vec::new(),
                     cut,
+                    ..Default::default()
                 })
             }
         })
         .collect::<Result<_>>()?;
+    let response_cut = pairs.iter().filter(|p| p.response_cut > 0).count();
+    if response_cut > 0 {
+        eprintln!(
+            "warning: {response_cut} reference responses alone exceed {limit} tokens (data.max_length) and were cut at the end"
+        );
+    }
     let cut = pairs.iter().filter(|p| p.cut > 0).count();
     if cut > 0 {
         eprintln!(
@@ -485,9 +500,12 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         };
         for epoch in 0..passes {
             let mut e: Vec<usize> = state.picks.iter().map(|p| p.index).collect();
-            let mut rng = StdRng::seed_from_u64(
-                cfg.run.seed ^ ((round * 1000 + epoch) as u64).wrapping_mul(0x2545_F491_4F6C_DD1D),
-            );
+            let mut rng = StdRng::seed_from_u64(mix_seed(&[
+                SHUFFLE_SEED_TAG,
+                cfg.run.seed,
+                round as u64,
+                epoch as u64,
+            ]));
             e.shuffle(&mut rng);
             order.extend(e);
         }
@@ -516,8 +534,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                 state.global_step,
                 total_steps,
             );
-            let seed =
-                cfg.run.seed ^ (state.global_step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let seed = mix_seed(&[STEP_SEED_TAG, cfg.run.seed, state.global_step as u64]);
             let st = Instant::now();
             let mut line = match cfg.method {
                 Method::Sft => {
@@ -542,7 +559,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         .enumerate()
                         .map(|(j, &i)| Prompt {
                             ids: pairs[i].prompt.clone(),
-                            seed: seed.wrapping_add(j as u64),
+                            seed: mix_seed(&[seed, j as u64]),
                         })
                         .collect();
                     let rollouts = grpo::rollout(

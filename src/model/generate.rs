@@ -40,8 +40,27 @@ pub struct Prompt {
 }
 
 /// The seed of completion `k` of a prompt whose seed is `seed`.
+/// Completion 0 uses the prompt's own seed, so one sample per prompt is the plain case.
 pub fn sample_seed(seed: u64, k: usize) -> u64 {
-    seed.wrapping_add((k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    if k == 0 {
+        seed
+    } else {
+        mix_seed(&[seed, k as u64])
+    }
+}
+
+/// A seed derived from several parts (SplitMix64 over each in turn), so seeds made for different
+/// purposes, rounds, steps or samples do not collide the way sums or xors of them can.
+pub fn mix_seed(parts: &[u64]) -> u64 {
+    let mut h: u64 = 0x6A09_E667_F3BC_C908;
+    for &p in parts {
+        h = h.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = h;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h = z ^ (z >> 31);
+    }
+    h
 }
 
 /// One prompt's completion; all vectors have one entry per generated token.
@@ -193,7 +212,7 @@ pub fn generate(
         select_rows(&mut caches, &idx)?;
     }
 
-    for _ in 0..opts.max_new_tokens {
+    for step in 0..opts.max_new_tokens {
         let rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let picks: Vec<(u32, f32, f32, Option<Vec<f32>>)> = rows_logits
             .into_par_iter()
@@ -223,7 +242,8 @@ pub fn generate(
                 keep.push(row);
             }
         }
-        if keep.is_empty() {
+        // Nothing left to generate: no forward pass for logits nobody reads.
+        if keep.is_empty() || step + 1 == opts.max_new_tokens {
             break;
         }
         if keep.len() < active.len() {

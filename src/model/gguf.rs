@@ -95,8 +95,23 @@ pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
             path.display()
         ),
     };
-    let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let k = |s: &str| format!("{arch_name}.{s}");
+    // llama.cpp stores Llama 3.1+ frequency scaling as `rope_freqs.weight` factors; loading
+    // without them would be silently wrong, so such files are refused until they are supported.
+    let scaling = meta
+        .map
+        .get(&k("rope.scaling.type"))
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    if content.tensor_infos.contains_key("rope_freqs.weight")
+        || scaling.as_deref().is_some_and(|t| t != "none")
+    {
+        bail!(
+            "{}: rope frequency scaling in GGUF files (rope_freqs.weight / {arch_name}.rope.scaling.type) is not supported; use the Hugging Face checkpoint",
+            path.display()
+        );
+    }
+    let tokens = meta.strings("tokenizer.ggml.tokens")?;
     let hidden_size = meta.usize(&k("embedding_length"))?;
     let num_attention_heads = meta.usize(&k("attention.head_count"))?;
     let num_key_value_heads = meta

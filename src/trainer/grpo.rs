@@ -6,7 +6,7 @@
 //! estimator of KL(policy || reference), averaged over every completion token of the step.
 //! With LoRA the reference is the base with adapters off (no extra memory); with full
 //! fine-tuning it is a frozen copy loaded at the start.
-//! Departure from the original EDCO runs: rewards are verifiable by rule, no LLM judge.
+//! Departure from the EDCO paper's runs: rewards are verifiable by rule, no LLM judge.
 
 use super::optim::{AdamW, GradAccumulator};
 use crate::model::Decoder;
@@ -104,7 +104,7 @@ pub fn rollout(
                 .map(|g| Tokenized {
                     prompt: prompt.ids.clone(),
                     response: g.tokens.clone(),
-                    cut: 0,
+                    ..Default::default()
                 })
                 .collect(),
             advantages: advantages(&rewards, p.scale_rewards),

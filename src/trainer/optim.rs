@@ -23,32 +23,44 @@ pub struct AdamW {
     vars: Vec<(String, Var)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
+    /// f32 master copies of variables stored in a narrower type (bf16): updates of lr ~ 1e-6
+    /// are far below bf16's resolution and would round away without them.
+    master: Vec<Option<Tensor>>,
     pub step: usize,
+}
+
+fn zeros_like(vars: &[(String, Var)]) -> Result<Vec<Tensor>> {
+    Ok(vars
+        .iter()
+        .map(|(_, v)| Tensor::zeros(v.shape(), DType::F32, v.device()))
+        .collect::<candle_core::Result<_>>()?)
 }
 
 impl AdamW {
     pub fn new(vars: Vec<(String, Var)>, params: AdamWParams) -> Result<Self> {
-        let zeros = |v: &Var| Tensor::zeros(v.shape(), DType::F32, v.device());
-        let m = vars
+        let master = vars
             .iter()
-            .map(|(_, v)| zeros(v))
-            .collect::<candle_core::Result<_>>()?;
-        let v = vars
-            .iter()
-            .map(|(_, v)| zeros(v))
+            .map(|(_, v)| {
+                (v.dtype() != DType::F32)
+                    .then(|| v.as_tensor().to_dtype(DType::F32))
+                    .transpose()
+            })
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
             params,
+            m: zeros_like(&vars)?,
+            v: zeros_like(&vars)?,
             vars,
-            m,
-            v,
+            master,
             step: 0,
         })
     }
 
-    /// Forgets the moments (EDCO resets them every round).
+    /// Forgets the moments (EDCO resets them every round); master weights are kept.
     pub fn reset(&mut self) -> Result<()> {
-        *self = Self::new(std::mem::take(&mut self.vars), self.params)?;
+        self.m = zeros_like(&self.vars)?;
+        self.v = zeros_like(&self.vars)?;
+        self.step = 0;
         Ok(())
     }
 
@@ -65,20 +77,29 @@ impl AdamW {
             self.m[i] = ((&self.m[i] * p.beta1)? + (g * (1.0 - p.beta1))?)?;
             self.v[i] = ((&self.v[i] * p.beta2)? + (g.sqr()? * (1.0 - p.beta2))?)?;
             let update = ((&self.m[i] / bc1)? / ((&self.v[i] / bc2)?.sqrt()? + p.eps)?)?;
-            let w = var.as_tensor().to_dtype(DType::F32)?;
+            let w = match &self.master[i] {
+                Some(m) => m.clone(),
+                None => var.as_tensor().clone(),
+            };
             let decay = if var.rank() >= 2 { p.weight_decay } else { 0.0 };
             let new = ((w * (1.0 - lr * decay))? - (update * lr)?)?;
             var.set(&new.to_dtype(var.dtype())?)?;
+            if let Some(m) = self.master[i].as_mut() {
+                *m = new;
+            }
         }
         Ok(())
     }
 
-    /// Writes the moments and the step count (`optimizer.safetensors`).
+    /// Writes the moments, the master weights and the step count (`optimizer.safetensors`).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut tensors = Vec::with_capacity(self.vars.len() * 2 + 1);
+        let mut tensors = Vec::with_capacity(self.vars.len() * 3 + 1);
         for (i, (name, _)) in self.vars.iter().enumerate() {
             tensors.push((format!("m.{name}"), self.m[i].clone()));
             tensors.push((format!("v.{name}"), self.v[i].clone()));
+            if let Some(w) = &self.master[i] {
+                tensors.push((format!("w.{name}"), w.clone()));
+            }
         }
         let device = self
             .m
@@ -95,6 +116,10 @@ impl AdamW {
             let device = var.device();
             self.m[i] = src.get(&format!("m.{name}"), var.dims(), DType::F32, device)?;
             self.v[i] = src.get(&format!("v.{name}"), var.dims(), DType::F32, device)?;
+            if self.master[i].is_some() {
+                self.master[i] =
+                    Some(src.get(&format!("w.{name}"), var.dims(), DType::F32, device)?);
+            }
         }
         let step = src.get("step", &[1], DType::I64, &candle_core::Device::Cpu)?;
         self.step = step
@@ -160,7 +185,8 @@ impl GradAccumulator {
     }
 }
 
-/// The learning rate at optimizer step `step` (0-based) of `total`: linear warmup from 0, then
+/// The learning rate at optimizer step `step` (0-based) of `total`: linear warmup (step k of W
+/// uses lr (k + 1) / W, so no step is wasted at 0), then
 /// constant, linear or cosine decay from `lr` to `min_lr`.
 pub fn learning_rate(
     schedule: Schedule,
@@ -217,6 +243,30 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "{a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_weights_accumulate_updates_below_their_resolution() {
+        // 1.0 in bf16 has a resolution of 2^-7; 100 updates of 1e-4 must still move it by ~0.01.
+        let w = Var::from_tensor(&Tensor::ones(4, DType::BF16, &Device::Cpu).unwrap()).unwrap();
+        let params = AdamWParams {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        };
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], params).unwrap();
+        let g = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+        for _ in 0..100 {
+            opt.apply(std::slice::from_ref(&g), 1e-4).unwrap();
+        }
+        let v: Vec<f32> = w
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!((v[0] - 0.99).abs() < 2e-3, "{v:?}");
     }
 
     #[test]
