@@ -34,14 +34,7 @@ struct Pass {
 }
 
 fn run_pass(loaded: &Loaded, samples: &[Sample], cfg: &EntropyConfig, label: &str) -> Result<Pass> {
-    let bar = indicatif::ProgressBar::new(samples.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} {bar:30} {pos}/{len} samples, {msg} [{elapsed} < {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_string());
+    let bar = progress_bar(samples.len(), label);
     let start = Instant::now();
     let scores = estimate(
         &loaded.model,
@@ -60,6 +53,19 @@ fn run_pass(loaded: &Loaded, samples: &[Sample], cfg: &EntropyConfig, label: &st
         scores,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// A progress bar with ETA on stderr; indicatif hides it when stderr is not a terminal.
+pub fn progress_bar(len: usize, label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(label.to_string());
+    bar
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {

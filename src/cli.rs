@@ -339,15 +339,7 @@ fn run_estimate_entropy(a: EstimateEntropyArgs) -> Result<()> {
     let cfg = EntropyConfig {
         horizon,
         aggregate,
-        sampling: if a.greedy {
-            Sampling::Greedy
-        } else {
-            Sampling::Sample {
-                temperature: a.temperature,
-                top_p: a.top_p,
-                top_k: a.top_k,
-            }
-        },
+        sampling: Sampling::new(a.greedy, a.temperature, a.top_p, a.top_k),
         samples_per_prompt: a.samples,
         seed: a.seed,
         batch_size: 0,
@@ -355,14 +347,7 @@ fn run_estimate_entropy(a: EstimateEntropyArgs) -> Result<()> {
         max_length: a.max_length,
         template_args: a.model.template_args()?,
     };
-    let data = load_jsonl(&a.data, a.skip_invalid)?;
-    if data.skipped > 0 {
-        eprintln!(
-            "skipped {} invalid lines of {}",
-            data.skipped,
-            a.data.display()
-        );
-    }
+    let data = load_reporting_skips(&a.data, a.skip_invalid)?;
     let mut samples = data.samples;
     if let Some(n) = a.limit {
         samples.truncate(n);
@@ -433,15 +418,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
-        sampling: if a.greedy {
-            Sampling::Greedy
-        } else {
-            Sampling::Sample {
-                temperature: a.temperature,
-                top_p: a.top_p,
-                top_k: a.top_k,
-            }
-        },
+        sampling: Sampling::new(a.greedy, a.temperature, a.top_p, a.top_k),
         eos_token_ids: loaded.eos_token_ids.clone(),
         pad_id: tok.pad_id(),
         keep_log_probs: false,
@@ -476,15 +453,24 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_perplexity(a: PerplexityArgs) -> Result<()> {
-    let data = load_jsonl(&a.data, a.skip_invalid)?;
+/// Loads a dataset, telling the user how many lines `--skip-invalid` skipped.
+fn load_reporting_skips(
+    path: &std::path::Path,
+    skip_invalid: bool,
+) -> Result<crate::data::Dataset> {
+    let data = load_jsonl(path, skip_invalid)?;
     if data.skipped > 0 {
         eprintln!(
             "skipped {} invalid lines of {}",
             data.skipped,
-            a.data.display()
+            path.display()
         );
     }
+    Ok(data)
+}
+
+fn run_perplexity(a: PerplexityArgs) -> Result<()> {
+    let data = load_reporting_skips(&a.data, a.skip_invalid)?;
     let loaded = a.model.load()?;
     let scores = crate::perplexity::score(
         &loaded.model,

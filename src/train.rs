@@ -4,6 +4,7 @@
 //! scoring kept apart from the time spent training, and the pictures are drawn at the end.
 //! Every random choice derives from (seed, round, step), which is what makes `--resume` exact.
 
+use crate::audit::progress_bar;
 use crate::checkpoint::{self, TrainState};
 use crate::cli::{parse_device, parse_dtype};
 use crate::config::{AggregateKind, Config, Finetune, HorizonKind, Method, Strategy};
@@ -96,15 +97,7 @@ fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
             AggregateKind::Mean => Aggregate::Mean,
             AggregateKind::TopFraction => Aggregate::TopFraction(e.top_fraction),
         },
-        sampling: if e.greedy {
-            Sampling::Greedy
-        } else {
-            Sampling::Sample {
-                temperature: e.temperature,
-                top_p: e.top_p,
-                top_k: e.top_k,
-            }
-        },
+        sampling: Sampling::new(e.greedy, e.temperature, e.top_p, e.top_k),
         samples_per_prompt: e.samples_per_prompt,
         seed: mix_seed(&[SCORE_SEED_TAG, cfg.run.seed, round as u64]),
         batch_size: e.batch_size,
@@ -355,11 +348,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let grpo_params = GrpoParams {
         num_generations: g.num_generations,
         max_new_tokens: g.max_new_tokens,
-        sampling: Sampling::Sample {
-            temperature: g.temperature,
-            top_p: g.top_p,
-            top_k: g.top_k,
-        },
+        sampling: Sampling::new(false, g.temperature, g.top_p, g.top_k),
         epsilon: g.epsilon,
         epsilon_high: g.epsilon_high,
         beta: g.beta,
@@ -667,18 +656,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     draw_plots(&run_dir)?;
     summarize(&run_dir, &state)?;
     Ok(run_dir)
-}
-
-fn progress_bar(len: usize, label: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_string());
-    bar
 }
 
 fn read_metrics(run_dir: &Path) -> Result<Vec<serde_json::Value>> {

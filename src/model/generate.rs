@@ -20,6 +20,21 @@ pub enum Sampling {
     },
 }
 
+impl Sampling {
+    /// Greedy, or sampling with these settings: how configs and flags spell it.
+    pub fn new(greedy: bool, temperature: f64, top_p: f64, top_k: usize) -> Self {
+        if greedy {
+            Sampling::Greedy
+        } else {
+            Sampling::Sample {
+                temperature,
+                top_p,
+                top_k,
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
