@@ -3,14 +3,11 @@
 
 use crate::model::weights::write_atomic;
 use anyhow::{Result, anyhow};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 
 const SIZE: (u32, u32) = (720, 480);
-
-fn finish(svg: String, path: &Path) -> Result<()> {
-    write_atomic(path, svg.as_bytes())
-}
 
 fn span(values: &[f64]) -> (f64, f64) {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
@@ -24,6 +21,49 @@ fn span(values: &[f64]) -> (f64, f64) {
     // A little room so points on the extremes are not clipped by the frame.
     let pad = 0.03 * (hi - lo);
     (lo - pad, hi + pad)
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one chart (title, labelled mesh, `draw`'s series, a legend when `legend`) and writes
+/// it to `path`.
+fn render(
+    path: &Path,
+    title: &str,
+    (x_label, y_label): (&str, &str),
+    (x, y): (std::ops::Range<f64>, std::ops::Range<f64>),
+    legend: bool,
+    draw: impl FnOnce(&mut Chart) -> Result<()>,
+) -> Result<()> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(x, y)
+            .map_err(|e| anyhow!("{e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc(x_label)
+            .y_desc(y_label)
+            .draw()
+            .map_err(|e| anyhow!("{e}"))?;
+        draw(&mut chart)?;
+        if legend {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK.mix(0.3))
+                .draw()
+                .map_err(|e| anyhow!("{e}"))?;
+        }
+        root.present().map_err(|e| anyhow!("{e}"))?;
+    }
+    write_atomic(path, svg.as_bytes())
 }
 
 /// A histogram of `values` in `bins` equal-width bins.
@@ -40,33 +80,26 @@ pub fn histogram(
     for &v in values {
         counts[(((v - lo) / width) as usize).min(bins - 1)] += 1;
     }
-    let top = counts.iter().copied().max().unwrap_or(1).max(1);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(lo..hi, 0u32..top + top / 10 + 1)
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc("samples")
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .draw_series(counts.iter().enumerate().map(|(i, &c)| {
-                let x0 = lo + i as f64 * width;
-                Rectangle::new([(x0, 0), (x0 + width, c)], BLUE.mix(0.6).filled())
-            }))
-            .map_err(|e| anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow!("{e}"))?;
-    }
-    finish(svg, path)
+    let top = f64::from(counts.iter().copied().max().unwrap_or(1).max(1));
+    render(
+        path,
+        title,
+        (x_label, "samples"),
+        (lo..hi, 0.0..top * 1.1 + 1.0),
+        false,
+        |chart| {
+            chart
+                .draw_series(counts.iter().enumerate().map(|(i, &c)| {
+                    let x0 = lo + i as f64 * width;
+                    Rectangle::new(
+                        [(x0, 0.0), (x0 + width, f64::from(c))],
+                        BLUE.mix(0.6).filled(),
+                    )
+                }))
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(())
+        },
+    )
 }
 
 /// A scatter plot of (x, y) pairs with the y = x diagonal.
@@ -80,36 +113,26 @@ pub fn scatter(
 ) -> Result<()> {
     let all: Vec<f64> = xs.iter().chain(ys).copied().collect();
     let (lo, hi) = span(&all);
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(lo..hi, lo..hi)
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.3)))
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .draw_series(
-                xs.iter()
-                    .zip(ys)
-                    .map(|(&x, &y)| Circle::new((x, y), 3, RED.mix(0.6).filled())),
-            )
-            .map_err(|e| anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow!("{e}"))?;
-    }
-    finish(svg, path)
+    render(
+        path,
+        title,
+        (x_label, y_label),
+        (lo..hi, lo..hi),
+        false,
+        |chart| {
+            chart
+                .draw_series(LineSeries::new([(lo, lo), (hi, hi)], BLACK.mix(0.3)))
+                .map_err(|e| anyhow!("{e}"))?;
+            chart
+                .draw_series(
+                    xs.iter()
+                        .zip(ys)
+                        .map(|(&x, &y)| Circle::new((x, y), 3, RED.mix(0.6).filled())),
+                )
+                .map_err(|e| anyhow!("{e}"))?;
+            Ok(())
+        },
+    )
 }
 
 /// One or more named line series over a shared x axis (empty series are skipped).
@@ -130,54 +153,38 @@ pub fn lines(
         .collect();
     let ((x0, x1), (y0, y1)) = (span(&xs), span(&ys));
     let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(60)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| anyhow!("{e}"))?;
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_label)
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
-        for (k, (name, points)) in series
-            .iter()
-            .enumerate()
-            .filter(|(_, (_, p))| !p.is_empty())
-        {
-            let color = colors[k % colors.len()];
-            chart
-                .draw_series(LineSeries::new(
-                    points.iter().copied(),
-                    color.stroke_width(2),
-                ))
-                .map_err(|e| anyhow!("{e}"))?
-                .label(*name)
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-            if points.len() < 40 {
+    render(
+        path,
+        title,
+        (x_label, y_label),
+        (x0..x1, y0..y1),
+        true,
+        |chart| {
+            for (k, (name, points)) in series
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, p))| !p.is_empty())
+            {
+                let color = colors[k % colors.len()];
                 chart
-                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                    .map_err(|e| anyhow!("{e}"))?;
+                    .draw_series(LineSeries::new(
+                        points.iter().copied(),
+                        color.stroke_width(2),
+                    ))
+                    .map_err(|e| anyhow!("{e}"))?
+                    .label(*name)
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+                if points.len() < 40 {
+                    chart
+                        .draw_series(points.iter().map(|&p| Circle::new(p, 3, color.filled())))
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
             }
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK.mix(0.3))
-            .draw()
-            .map_err(|e| anyhow!("{e}"))?;
-        root.present().map_err(|e| anyhow!("{e}"))?;
-    }
-    finish(svg, path)
+            Ok(())
+        },
+    )
 }
 
 #[cfg(test)]

@@ -409,6 +409,18 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         }
     };
 
+    // Checkpoints record how many metrics lines belong to them, so a resume can drop the rest.
+    let save = |state: &mut TrainState, metrics: &Metrics, opt: &AdamW| -> Result<PathBuf> {
+        state.metrics_lines = metrics.lines;
+        checkpoint::save(
+            &run_dir,
+            &loaded,
+            &cfg.model.source,
+            opt,
+            state,
+            cfg.run.keep_last,
+        )
+    };
     let first_round = if state.step_in_round.is_some() {
         state.round
     } else {
@@ -608,15 +620,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                 && state.global_step % cfg.run.checkpoint_every_steps == 0
                 && k + 1 < steps.len();
             if mid {
-                state.metrics_lines = metrics.lines;
-                checkpoint::save(
-                    &run_dir,
-                    &loaded,
-                    &cfg.model.source,
-                    &opt,
-                    &state,
-                    cfg.run.keep_last,
-                )?;
+                save(&mut state, &metrics, &opt)?;
             }
         }
         bar.finish_and_clear();
@@ -643,15 +647,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         );
         state.step_in_round = None;
         state.picks.clear();
-        state.metrics_lines = metrics.lines;
-        checkpoint::save(
-            &run_dir,
-            &loaded,
-            &cfg.model.source,
-            &opt,
-            &state,
-            cfg.run.keep_last,
-        )?;
+        save(&mut state, &metrics, &opt)?;
     }
     draw_plots(&run_dir)?;
     summarize(&run_dir, &state)?;
