@@ -146,7 +146,49 @@ fn main() -> Result<()> {
                 "new_tokens_per_s": (16 * 64 * args.steps) as f64 / secs, "mean_entropy": mean_entropy,
             })
         }
-        other => anyhow::bail!("unknown case {other}: train or generate"),
+        "prefill" => {
+            // The entropy estimator's first step on MedQA-sized prompts: 16 left-padded prompts of
+            // 300..450 tokens through the model, logits and entropy at the last position only.
+            let prompts: Vec<Vec<u32>> = (0..16)
+                .map(|i| {
+                    let n = (300.0 + 150.0 * i as f64 / 15.0).round() as usize;
+                    random_ids(&mut rng, n, first, vocab)
+                })
+                .collect();
+            let prompts: Vec<Prompt> = prompts
+                .into_iter()
+                .enumerate()
+                .map(|(i, ids)| Prompt {
+                    ids,
+                    seed: i as u64,
+                })
+                .collect();
+            let opts = GenerateOptions {
+                max_new_tokens: 1,
+                sampling: Sampling::Greedy,
+                eos_token_ids: vec![],
+                pad_id: m.tokenizer.pad_id(),
+                keep_log_probs: false,
+                samples_per_prompt: 1,
+            };
+            let run = || generate(&m.model, &prompts, &opts);
+            for _ in 0..args.warmup {
+                run()?;
+            }
+            let start = Instant::now();
+            for _ in 0..args.steps {
+                run()?;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let tokens: usize = prompts.iter().map(|p| p.ids.len()).sum();
+            serde_json::json!({
+                "tool": "edco", "case": "prefill", "threads": threads, "load_seconds": load_seconds,
+                "prompts": 16, "prompt_tokens": tokens, "timed_iters": args.steps,
+                "seconds_per_iter": secs / args.steps as f64,
+                "prompt_tokens_per_s": (tokens * args.steps) as f64 / secs,
+            })
+        }
+        other => anyhow::bail!("unknown case {other}: train, generate or prefill"),
     };
     println!("{result}");
     Ok(())

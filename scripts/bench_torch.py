@@ -13,6 +13,9 @@ GGUF support, which dequantizes every tensor to float32, and times one case:
                    and return_dict_in_generate=True so that the per-step
                    logits are materialized as edco does; --warmup untimed
                    runs, then --iters timed runs.
+  --case prefill   one forward over 16 left-padded prompts of 300..450 random
+                   tokens (MedQA-sized), logits at the last position only: the
+                   first step of entropy scoring; --iters timed runs.
 
 Prints one JSON object on stdout (logs go to stderr). Example:
   python scripts/bench_torch.py --gguf \
@@ -126,11 +129,43 @@ def bench_generate(model, tok, args, gen):
     }
 
 
+def bench_prefill(model, tok, args, gen):
+    model.eval()
+    pad = tok.pad_token_id
+    lengths = torch.linspace(300, 450, NUM_PROMPTS).round().long().tolist()
+    width = max(lengths)
+    ids = torch.full((NUM_PROMPTS, width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n :] = random_tokens(gen, tok, (n,))
+        mask[row, width - n :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+
+    def run():
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1).logits
+
+    for _ in range(args.warmup):
+        run()
+    start = time.perf_counter()
+    for _ in range(args.iters):
+        run()
+    elapsed = time.perf_counter() - start
+    tokens = sum(lengths) * args.iters
+    return {
+        "prompts": NUM_PROMPTS,
+        "prompt_tokens": sum(lengths),
+        "timed_iters": args.iters,
+        "seconds_per_iter": elapsed / args.iters,
+        "prompt_tokens_per_s": tokens / elapsed,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", required=True, help="GGUF file (Llama architecture)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--case", choices=["train", "generate"], required=True)
+    parser.add_argument("--case", choices=["train", "generate", "prefill"], required=True)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (train) or runs (generate)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (train)")
     parser.add_argument("--batch", type=int, default=4, help="train batch size")
@@ -148,7 +183,7 @@ def main():
     model, tok = load_model(args.gguf)
     load_seconds = time.perf_counter() - load_start
 
-    bench = bench_train if args.case == "train" else bench_generate
+    bench = {"train": bench_train, "generate": bench_generate, "prefill": bench_prefill}[args.case]
     result = {
         "tool": "pytorch",
         "case": args.case,

@@ -203,10 +203,7 @@ pub fn generate(
     let device = model.device().clone();
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let batch = Batch::left_padded(&rows, opts.pad_id, &device)?;
-    let mut caches = model.new_cache();
-    let t = batch.ids.dim(1)?;
-    let hidden = model.step(&batch.ids, &batch.positions, &batch.mask, &mut caches)?;
-    let mut logits = model.logits(&hidden.i((.., t - 1, ..))?)?;
+    let (mut logits, mut caches) = prefill(model, &batch)?;
 
     // Per batch row, for the rows still generating: output index, sampling stream, key mask and
     // next position.
@@ -289,6 +286,47 @@ pub fn generate(
         logits = model.logits(&hidden.squeeze(1)?)?;
     }
     Ok(out)
+}
+
+/// Prompt tokens per prefill chunk: the batch's prompts go through the model a few rows at a
+/// time, so the activations stay small enough for the allocator to reuse (and the caches to
+/// hold) instead of being mapped and zeroed afresh by the kernel for every layer.
+const PREFILL_CHUNK_TOKENS: usize = 2048;
+
+/// Runs the prompts through the model: last-position logits (B, V) and the filled caches.
+fn prefill(model: &Decoder, batch: &Batch) -> Result<(Tensor, Vec<LayerCache>)> {
+    let (b, t) = batch.ids.dims2()?;
+    let per_chunk = (PREFILL_CHUNK_TOKENS / t).clamp(1, b);
+    let mut logits = Vec::new();
+    let mut chunks: Vec<Vec<LayerCache>> = Vec::new();
+    for start in (0..b).step_by(per_chunk) {
+        let n = per_chunk.min(b - start);
+        let mut caches = model.new_cache();
+        let hidden = model.step(
+            &batch.ids.narrow(0, start, n)?,
+            &batch.positions.narrow(0, start, n)?,
+            &batch.mask[start..start + n],
+            &mut caches,
+        )?;
+        logits.push(model.logits(&hidden.i((.., t - 1, ..))?)?);
+        chunks.push(caches);
+    }
+    if chunks.len() == 1 {
+        return Ok((logits.remove(0), chunks.remove(0)));
+    }
+    let mut caches = model.new_cache();
+    for (layer, cache) in caches.iter_mut().enumerate() {
+        let part = |f: fn(&LayerCache) -> &Option<Tensor>| -> Result<Option<Tensor>> {
+            let parts: Vec<&Tensor> = chunks
+                .iter()
+                .filter_map(|c| f(&c[layer]).as_ref())
+                .collect();
+            Ok(Some(Tensor::cat(&parts, 0)?))
+        };
+        cache.k = part(|c| &c.k)?;
+        cache.v = part(|c| &c.v)?;
+    }
+    Ok((Tensor::cat(&logits, 0)?, caches))
 }
 
 /// Keeps (or repeats) the batch rows `idx` of every layer's cache.

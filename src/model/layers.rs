@@ -36,6 +36,17 @@ pub struct LoraAdapter {
     pub dropout: f32,
 }
 
+/// A frozen weight (out, in) laid out for `x @ W^T` on the CPU: the same logical tensor, a
+/// transposed view over an (in, out) contiguous buffer. The CPU matmul then reads W^T as it is
+/// instead of repacking (transposing) the whole weight on every call, which dominated decoding,
+/// where each call multiplies only a few rows. Other devices keep the layout they were given.
+pub fn matmul_layout(weight: &Tensor) -> Result<Tensor> {
+    if !weight.device().is_cpu() || weight.rank() != 2 {
+        return Ok(weight.clone());
+    }
+    weight.t()?.contiguous()?.t()
+}
+
 /// A projection with an optional bias and an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -139,6 +150,11 @@ impl Rope {
             cos_half: freqs.cos()?.to_dtype(dtype)?.reshape(half)?,
             sin_half: freqs.sin()?.to_dtype(dtype)?.reshape(half)?,
         })
+    }
+
+    /// `x`: (B, T, H, D), with candle's fused kernel (inference only).
+    pub fn apply_thd(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half, &self.sin_half)
     }
 
     /// `x`: (B, H, T, D).

@@ -282,7 +282,7 @@ pub fn load_adapter(model: &mut Decoder, dir: &Path) -> Result<()> {
 /// the result is a plain model that saves as a Hugging Face directory.
 pub fn merge(model: &mut Decoder) -> Result<()> {
     for (_, lin) in model.linears_mut() {
-        lin.weight = lin.merged_weight()?;
+        lin.weight = super::layers::matmul_layout(&lin.merged_weight()?)?;
         lin.lora = None;
     }
     model.vars.clear();

@@ -4,6 +4,7 @@
 //! Reference: transformers' `modeling_qwen3.py` / `modeling_llama.py` (eager attention).
 
 pub mod config;
+pub mod cpu_attention;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
@@ -46,7 +47,8 @@ struct Block {
     mlp: Mlp,
 }
 
-/// One layer's keys and values so far: (B, KVH, T, D) each.
+/// One layer's keys and values so far: (B, T, KVH, D) each on the CPU in f32, (B, KVH, T, D)
+/// elsewhere.
 #[derive(Default)]
 pub struct LayerCache {
     pub k: Option<Tensor>,
@@ -176,6 +178,11 @@ impl Builder<'_> {
         stream: u64,
     ) -> AnyResult<Linear> {
         let weight = self.get(&format!("{name}.weight"), &[out, inp])?;
+        let weight = if self.full {
+            weight
+        } else {
+            layers::matmul_layout(&weight)?
+        };
         let bias = if bias {
             Some(self.get(&format!("{name}.bias"), &[out])?)
         } else {
@@ -344,6 +351,13 @@ impl Decoder {
         } else {
             p.get("lm_head.weight", &[c.vocab_size, c.hidden_size])?
         };
+        // A frozen head gets the matmul-friendly layout too (a second copy when tied: the
+        // embedding lookup wants rows).
+        let lm_head = if p.full {
+            lm_head
+        } else {
+            layers::matmul_layout(&lm_head)?
+        };
         let vars = p.vars;
         let mut model = Self {
             inv_freq: inv_freq(c, device)?,
@@ -437,8 +451,15 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let fused = mode.fused();
+        // Inference in f32 on the CPU keeps (B, T, heads, D) throughout, caches included, and
+        // runs the blocked attention kernel; everything else goes through the composed ops.
+        let cpu_kernel = fused && self.device.is_cpu() && self.dtype == DType::F32;
         let rope = Rope::new(&self.inv_freq, positions, self.dtype)?;
-        let mask = causal_mask(key_mask, t, &self.device)?;
+        let mask = if cpu_kernel {
+            None
+        } else {
+            Some(causal_mask(key_mask, t, &self.device)?)
+        };
         let mut x = self
             .embed_tokens
             .index_select(&ids.flatten_all()?, 0)?
@@ -446,28 +467,39 @@ impl Decoder {
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let h = layer.input_layernorm.forward(&x, fused)?;
             let a = &layer.self_attn;
+            // (B, T, n, D), normalised per head where the architecture does.
             let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
                 let y = proj.forward(&h, mode)?.reshape((b, t, n, c.head_dim))?;
-                let y = match norm {
-                    Some(norm) => norm.forward(&y, fused)?,
-                    None => y,
-                };
-                y.transpose(1, 2) // (B, n, T, D)
-            };
-            let q = rope.apply(&heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?, fused)?;
-            let k = rope.apply(&heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?, fused)?;
-            let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
-            let (k, v) = match (keep_cache, &cache.k, &cache.v) {
-                (true, Some(pk), Some(pv)) => {
-                    (Tensor::cat(&[pk, &k], 2)?, Tensor::cat(&[pv, &v], 2)?)
+                match norm {
+                    Some(norm) => norm.forward(&y, fused),
+                    None => Ok(y),
                 }
+            };
+            let q = heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?;
+            let k = heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?;
+            let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
+            // Time is axis 1 in the kernel's layout, axis 2 in the composed one's (B, n, T, D).
+            let (q, k, v, time_axis) = if cpu_kernel {
+                (rope.apply_thd(&q)?, rope.apply_thd(&k)?, v, 1)
+            } else {
+                let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
+                (rope.apply(&q, fused)?, rope.apply(&k, fused)?, v, 2)
+            };
+            let (k, v) = match (keep_cache, &cache.k, &cache.v) {
+                (true, Some(pk), Some(pv)) => (
+                    Tensor::cat(&[pk, &k], time_axis)?,
+                    Tensor::cat(&[pv, &v], time_axis)?,
+                ),
                 _ => (k, v),
             };
             if keep_cache {
                 cache.k = Some(k.contiguous()?);
                 cache.v = Some(v.contiguous()?);
             }
-            let attn = attention(&q, &k, &v, &mask, fused)?;
+            let attn = match &mask {
+                None => cpu_attention::attention(&q, &k.contiguous()?, &v.contiguous()?, key_mask)?,
+                Some(mask) => attention(&q, &k, &v, mask, fused)?,
+            };
             x = (x + a.o_proj.forward(&attn, mode)?)?;
             let h = layer.post_attention_layernorm.forward(&x, fused)?;
             x = (&x + layer.mlp.forward(&h, mode)?)?;
