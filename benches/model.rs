@@ -1,9 +1,10 @@
-//! Model-layer throughput on CPU, the two loops users wait on: a full fine-tuning step
-//! (forward + cross-entropy + backward + AdamW) at batch 4 x 256, and batched greedy generation
+//! Model-layer throughput on CPU, the loops users wait on: a fine-tuning step (forward +
+//! cross-entropy + backward + AdamW; full, or LoRA r = 16 on every projection) at batch 4 x 256,
+//! the prefill of 16 MedQA-sized prompts, and batched greedy generation
 //! with per-token entropy (16 left-padded prompts of 8..40 tokens, 64 new tokens each). The same
 //! shapes as scripts/bench_torch.py, which scripts/bench_model.sh runs beside this for the ratio.
 //!
-//! `cargo bench --bench model -- --gguf FILE --case train|generate [--warmup N] [--steps N]`
+//! `cargo bench --bench model -- --gguf FILE --case train|train-lora|generate|prefill [--warmup N] [--steps N]`
 //! prints one JSON object.
 
 use anyhow::{Context, Result};
@@ -12,6 +13,8 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
+use edco::model::lora::LoraConfig;
+use edco::model::token_log_probs::token_log_probs;
 use edco::model::{Batch, Trainable};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::time::Instant;
@@ -52,10 +55,14 @@ fn random_ids(rng: &mut StdRng, n: usize, first: u32, vocab: u32) -> Vec<u32> {
 
 fn main() -> Result<()> {
     let args = parse()?;
-    let trainable = if args.case == "train" {
-        Trainable::Full
-    } else {
-        Trainable::Frozen
+    let trainable = match args.case.as_str() {
+        "train" => Trainable::Full,
+        // PEFT's usual setting: every projection, r = 16, alpha = 32, no dropout.
+        "train-lora" => Trainable::Lora(LoraConfig {
+            dropout: 0.0,
+            ..Default::default()
+        }),
+        _ => Trainable::Frozen,
     };
     let t0 = Instant::now();
     let m = load(
@@ -72,7 +79,7 @@ fn main() -> Result<()> {
     let first = 17;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     let result = match args.case.as_str() {
-        "train" => {
+        "train" | "train-lora" => {
             let (b, t) = (4, 256);
             let rows: Vec<Vec<u32>> = (0..b)
                 .map(|_| random_ids(&mut rng, t, first, vocab))
@@ -90,7 +97,8 @@ fn main() -> Result<()> {
             let mut step = |seed: u64| -> Result<f32> {
                 let logits = m.model.forward(&batch, Mode::Train { seed })?;
                 let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &targets)?;
+                // The trainer's loss: mean NLL from the per-token log-probs.
+                let loss = token_log_probs(&logits, &targets)?.mean_all()?.neg()?;
                 opt.backward_step(&loss)?;
                 Ok(loss.to_scalar::<f32>()?)
             };
@@ -104,7 +112,7 @@ fn main() -> Result<()> {
             }
             let secs = start.elapsed().as_secs_f64();
             serde_json::json!({
-                "tool": "edco", "case": "train", "threads": threads, "load_seconds": load_seconds,
+                "tool": "edco", "case": args.case, "threads": threads, "load_seconds": load_seconds,
                 "batch": b, "seq_len": t, "timed_steps": args.steps,
                 "seconds_per_step": secs / args.steps as f64,
                 "tokens_per_s": (b * t * args.steps) as f64 / secs, "losses": losses,
@@ -188,7 +196,7 @@ fn main() -> Result<()> {
                 "prompt_tokens_per_s": (tokens * args.steps) as f64 / secs,
             })
         }
-        other => anyhow::bail!("unknown case {other}: train, generate or prefill"),
+        other => anyhow::bail!("unknown case {other}: train, train-lora, generate or prefill"),
     };
     println!("{result}");
     Ok(())

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # edco against PyTorch/transformers on the same SmolLM2-135M-Instruct weights (GGUF dequantized to
 # f32), same shapes, same thread count, one after the other on the same machine:
-# full fine-tuning step (batch 4 x 256, AdamW), greedy generation (16 prompts x 64 new tokens) and
-# the prefill of entropy scoring (16 prompts of 300..450 tokens, last-position logits).
+# full fine-tuning and LoRA steps (batch 4 x 256, AdamW), greedy generation (16 prompts x 64 new
+# tokens) and the prefill of entropy scoring (16 prompts of 300..450 tokens, last-position logits).
 # Needs a Python with torch, transformers and gguf: PYTHON=path/to/venv/bin/python.
 # Usage: scripts/bench_model.sh [THREADS]   (default 2)
 set -euo pipefail
@@ -14,7 +14,7 @@ scripts/fetch_assets.sh >&2
 cargo bench --bench model --no-run --quiet 2>/dev/null || cargo bench --bench model --no-run
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for case in train generate prefill; do
+for case in train train-lora generate prefill; do
   RAYON_NUM_THREADS=$threads cargo bench --quiet --bench model -- --gguf "$gguf" --case "$case" \
     --warmup 1 --steps 3 > "$out/edco_$case.json"
   "$py" scripts/bench_torch.py --gguf "$gguf" --threads "$threads" --case "$case" \
@@ -24,6 +24,7 @@ done
 import json, sys
 out, threads = sys.argv[1], sys.argv[2]
 rows = [("train", "tokens_per_s", "forward+backward+AdamW, 4 x 256, tokens/s"),
+        ("train-lora", "tokens_per_s", "the same with LoRA r 16 on every projection, tokens/s"),
         ("generate", "new_tokens_per_s", "greedy generation, 16 prompts x 64 new, tokens/s"),
         ("prefill", "prompt_tokens_per_s", "prefill, 16 prompts of 300..450 tokens, tokens/s")]
 print(f"| SmolLM2-135M, f32, CPU, {threads} threads | edco | PyTorch | edco / PyTorch |")

@@ -7,6 +7,8 @@ GGUF support, which dequantizes every tensor to float32, and times one case:
   --case train     forward + backward (cross-entropy on all tokens) + AdamW
                    step on a batch of random tokens (default 4 x 256);
                    --warmup untimed steps, then --steps timed steps.
+  --case train-lora  the same step with PEFT LoRA adapters (r 16, alpha 32,
+                   no dropout) on every projection, base frozen.
   --case generate  greedy generation for 16 left-padded prompts of 8..40
                    random tokens, exactly --new-tokens new tokens per row
                    (min_new_tokens = max_new_tokens), with output_scores=True
@@ -52,8 +54,13 @@ def random_tokens(gen, tok, shape):
 
 
 def bench_train(model, tok, args, gen):
+    if args.case == "train-lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=targets))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     ids = random_tokens(gen, tok, (args.batch, args.seq_len))
 
     def step():
@@ -165,7 +172,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gguf", required=True, help="GGUF file (Llama architecture)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--case", choices=["train", "generate", "prefill"], required=True)
+    parser.add_argument("--case", choices=["train", "train-lora", "generate", "prefill"], required=True)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (train) or runs (generate)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (train)")
     parser.add_argument("--batch", type=int, default=4, help="train batch size")
@@ -183,7 +190,7 @@ def main():
     model, tok = load_model(args.gguf)
     load_seconds = time.perf_counter() - load_start
 
-    bench = {"train": bench_train, "generate": bench_generate, "prefill": bench_prefill}[args.case]
+    bench = {"train": bench_train, "train-lora": bench_train, "generate": bench_generate, "prefill": bench_prefill}[args.case]
     result = {
         "tool": "pytorch",
         "case": args.case,

@@ -5,10 +5,11 @@
 
 use crate::data::Sample;
 use crate::model::layers::Mode;
+use crate::model::token_log_probs::token_log_probs;
 use crate::model::{Batch, Decoder};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
-use candle_core::{D, DType, Tensor};
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 
 /// A prompt and its response as token ids.
@@ -114,8 +115,7 @@ pub fn response_token_log_probs(
     mode: Mode,
 ) -> Result<Tensor> {
     let (logits, targets) = response_logits(model, pairs, pad_id, mode)?;
-    let log_probs = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-    Ok(log_probs.gather(&targets, 1)?.squeeze(1)?)
+    Ok(token_log_probs(&logits, &targets.squeeze(1)?)?)
 }
 
 /// Per-row log p(response token) lists, for scoring.

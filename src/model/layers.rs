@@ -47,6 +47,105 @@ pub fn matmul_layout(weight: &Tensor) -> Result<Tensor> {
     weight.t()?.contiguous()?.t()
 }
 
+/// `x @ W^T (+ b)`. When a gradient flows back through `x` but not into the weight (a frozen
+/// f32 weight on the CPU: LoRA's base, the frozen head), the backward computes only `x`'s
+/// gradient; candle's matmul backward would also compute the weight's, a third of a linear
+/// layer's training FLOPs, and throw it away.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let frozen = x.track_op()
+        && !weight.track_op()
+        && weight.device().is_cpu()
+        && weight.dtype() == DType::F32
+        && x.dtype() == DType::F32;
+    let y = if frozen {
+        x.contiguous()?.apply_op1(FrozenMatmul {
+            wt: weight.t()?.contiguous()?,
+        })?
+    } else {
+        candle_nn::Linear::new(weight.clone(), None).forward(x)?
+    };
+    match bias {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+/// `x @ wt` over the last axis of `x`, with a backward for `x` only.
+struct FrozenMatmul {
+    /// (in, out), contiguous.
+    wt: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenMatmul {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::{CpuStorage, Storage};
+        let (k, n) = self.wt.dims2()?;
+        let dims = layout.shape().dims();
+        if dims.last() != Some(&k) {
+            candle_core::bail!("frozen-matmul: input {:?} against weight ({k}, {n})", dims);
+        }
+        let (CpuStorage::F32(x), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-matmul: the input must be contiguous f32");
+        };
+        let x = &x[start..end];
+        let m = x.len() / k.max(1);
+        let (w_storage, w_layout) = self.wt.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(w)), Some((ws, we))) =
+            (&*w_storage, w_layout.contiguous_offsets())
+        else {
+            candle_core::bail!("frozen-matmul: the weight must be contiguous f32 on the CPU");
+        };
+        let w = &w[ws..we];
+        let mut out = vec![0f32; m * n];
+        // SAFETY: the slices hold m x k, k x n and m x n elements, with the strides given.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
+            );
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("checked above") = n;
+        Ok((CpuStorage::F32(out), candle_core::Shape::from(shape)))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (k, n) = self.wt.dims2()?;
+        let m = arg.elem_count() / k.max(1);
+        let grad = grad_res
+            .reshape((m, n))?
+            .matmul(&self.wt.t()?)?
+            .reshape(arg.shape())?;
+        Ok(Some(grad))
+    }
+}
+
 /// A projection with an optional bias and an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -59,7 +158,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = candle_nn::Linear::new(self.weight.clone(), self.bias.clone()).forward(x)?;
+        let base = linear(x, &self.weight, self.bias.as_ref())?;
         let Some(lora) = &self.lora else {
             return Ok(base);
         };
@@ -239,7 +338,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     #[test]
     fn composed_rms_norm_matches_candle_fused_op() {
@@ -325,6 +424,35 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn frozen_linear_matches_matmul_and_its_input_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
+        let x = Var::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            d.max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        // The reference: candle's own Linear over a trainable copy of the weight.
+        let trainable = Var::from_tensor(&w).unwrap();
+        let reference = candle_nn::Linear::new(trainable.as_tensor().clone(), Some(b.clone()));
+        for weight in [w.clone(), matmul_layout(&w).unwrap()] {
+            let ours = linear(x.as_tensor(), &weight, Some(&b)).unwrap();
+            let plain = reference.forward(x.as_tensor()).unwrap();
+            assert!(max_diff(&ours, &plain) < 1e-5);
+            // A loss that weighs every output differently, so a wrong gradient shows.
+            let weights = Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap();
+            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+            let g_ours = loss(&ours).backward().unwrap();
+            let g_plain = loss(&plain).backward().unwrap();
+            let (a, b) = (g_ours.get(&x).unwrap(), g_plain.get(&x).unwrap());
+            assert!(max_diff(a, b) < 1e-5);
+            // The frozen weight gets no gradient at all.
+            assert!(g_ours.get(&weight).is_none());
+        }
     }
 
     #[test]

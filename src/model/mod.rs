@@ -10,6 +10,7 @@ pub mod gguf;
 pub mod layers;
 pub mod load;
 pub mod lora;
+pub mod token_log_probs;
 pub mod weights;
 
 use anyhow::Result as AnyResult;
@@ -417,7 +418,7 @@ impl Decoder {
 
     /// Projects hidden states (..., hidden) onto the vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        candle_nn::Module::forward(&candle_nn::Linear::new(self.lm_head.clone(), None), hidden)
+        layers::linear(hidden, &self.lm_head, None)
     }
 
     /// One cached step of generation. `ids`, `positions`: (B, t) for the new tokens;
