@@ -3,7 +3,7 @@
 # f32), same shapes, same thread count, one after the other on the same machine:
 # full fine-tuning and LoRA steps (batch 4 x 256, AdamW), greedy generation (16 prompts x 64 new
 # tokens) and the prefill of entropy scoring (16 prompts of 300..450 tokens, last-position logits).
-# Needs a Python with torch, transformers and gguf: PYTHON=path/to/venv/bin/python.
+# Needs a Python with torch, transformers, peft and gguf: PYTHON=path/to/venv/bin/python.
 # Usage: scripts/bench_model.sh [THREADS]   (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
