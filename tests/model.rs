@@ -131,6 +131,31 @@ fn a_row_generates_the_same_alone_and_in_a_mixed_batch() {
 }
 
 #[test]
+fn a_batch_prefilled_in_several_chunks_generates_what_each_row_does_alone() {
+    // 12 prompts of 200..420 tokens: more than one prefill chunk's worth of prompt tokens, so
+    // the caches of several chunks are joined before decoding.
+    let ps: Vec<Prompt> = (0..12u32)
+        .map(|i| Prompt {
+            ids: (0..200 + 20 * i)
+                .map(|j| 3 + (i * 31 + j * 7) % 300)
+                .collect(),
+            seed: 50 + i as u64,
+        })
+        .collect();
+    for name in ARCHS {
+        let model = load(name, Trainable::Frozen);
+        let together = generate(&model, &ps, &opts(6)).unwrap();
+        for (i, p) in ps.iter().enumerate() {
+            let alone = generate(&model, std::slice::from_ref(p), &opts(6)).unwrap();
+            assert_eq!(alone[0].tokens, together[i].tokens, "{name} row {i}");
+            for (a, b) in alone[0].entropies.iter().zip(&together[i].entropies) {
+                assert!((a - b).abs() < 1e-4, "{name} row {i}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
 fn generation_stops_at_eos_and_drops_finished_rows() {
     let model = load("tiny-qwen3", Trainable::Frozen);
     let ps = prompts();

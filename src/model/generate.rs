@@ -317,10 +317,14 @@ fn prefill(model: &Decoder, batch: &Batch) -> Result<(Tensor, Vec<LayerCache>)> 
     let mut caches = model.new_cache();
     for (layer, cache) in caches.iter_mut().enumerate() {
         let part = |f: fn(&LayerCache) -> &Option<Tensor>| -> Result<Option<Tensor>> {
-            let parts: Vec<&Tensor> = chunks
+            let parts = chunks
                 .iter()
-                .filter_map(|c| f(&c[layer]).as_ref())
-                .collect();
+                .map(|c| {
+                    f(&c[layer]).as_ref().ok_or_else(|| {
+                        candle_core::Error::Msg(format!("prefill left layer {layer} uncached"))
+                    })
+                })
+                .collect::<Result<Vec<&Tensor>>>()?;
             Ok(Some(Tensor::cat(&parts, 0)?))
         };
         cache.k = part(|c| &c.k)?;
