@@ -90,16 +90,22 @@ def bench_train(model, tok, args, gen):
     }
 
 
-def bench_generate(model, tok, args, gen):
-    model.eval()
-    pad = tok.pad_token_id
-    lengths = torch.linspace(MIN_PROMPT_LEN, MAX_PROMPT_LEN, NUM_PROMPTS).round().long().tolist()
+def left_padded_prompts(gen, tok, pad, shortest, longest):
+    """NUM_PROMPTS random prompts of evenly spread lengths, left-padded: lengths, width, ids, mask."""
+    lengths = torch.linspace(shortest, longest, NUM_PROMPTS).round().long().tolist()
     width = max(lengths)
     ids = torch.full((NUM_PROMPTS, width), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for row, n in enumerate(lengths):
         ids[row, width - n :] = random_tokens(gen, tok, (n,))
         mask[row, width - n :] = 1
+    return lengths, width, ids, mask
+
+
+def bench_generate(model, tok, args, gen):
+    model.eval()
+    pad = tok.pad_token_id
+    lengths, width, ids, mask = left_padded_prompts(gen, tok, pad, MIN_PROMPT_LEN, MAX_PROMPT_LEN)
 
     def run():
         with torch.no_grad():
@@ -139,13 +145,7 @@ def bench_generate(model, tok, args, gen):
 def bench_prefill(model, tok, args, gen):
     model.eval()
     pad = tok.pad_token_id
-    lengths = torch.linspace(300, 450, NUM_PROMPTS).round().long().tolist()
-    width = max(lengths)
-    ids = torch.full((NUM_PROMPTS, width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, width - n :] = random_tokens(gen, tok, (n,))
-        mask[row, width - n :] = 1
+    lengths, width, ids, mask = left_padded_prompts(gen, tok, pad, 300, 450)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
 
     def run():
