@@ -1,5 +1,6 @@
-//! The commands as a user runs them: init-model, generate and perplexity on a tiny model, and a
-//! bad data line reported with its file and line, with a non-zero exit and no panic.
+//! The commands as a user runs them: init-model, generate, perplexity and estimate-entropy on a
+//! tiny model, and bad data reported with its file, line and field, with a non-zero exit, no
+//! panic, and earlier output left as it was.
 
 mod common;
 
@@ -174,5 +175,55 @@ fn estimate_entropy_writes_scores_summary_and_pictures() {
             (n / std::f64::consts::LN_2 - b).abs() < 1e-5,
             "{n} nats vs {b} bits"
         );
+    }
+}
+
+#[test]
+fn estimate_entropy_rejects_bad_data_and_keeps_earlier_scores() {
+    let model = common::fixture_with_tokenizer("tiny-llama3");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("pool.jsonl");
+    let out = dir.path().join("scores.jsonl");
+    std::fs::write(&out, "earlier scores\n").unwrap();
+    let cases = [
+        ("", "no samples to score"),
+        ("\n  \n", "no samples to score"),
+        (
+            "{\"prompt\":\"p\"}\n{\"prompt\":\n",
+            "pool.jsonl:2: not valid JSON",
+        ),
+        (
+            "{\"id\":\"a\",\"completion\":\"c\"}\n",
+            "unrecognised record",
+        ),
+        (
+            "{\"question\":\"q\",\"options\":{\"A\":\"x\",\"B\":\"y\"}}\n",
+            "field `answer` is missing",
+        ),
+        (
+            "{\"prompt\":\"p\"}\n{\"question\":\"q\",\"options\":{\"A\":\"x\",\"B\":\"y\"},\"answer\":\"E\"}\n",
+            "pool.jsonl:2: field `answer`: `E` is not one of the options",
+        ),
+    ];
+    for (text, expected) in cases {
+        std::fs::write(&data, text).unwrap();
+        let o = edco(&[
+            "estimate-entropy",
+            "--model",
+            model.path().to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--prefix-tokens",
+            "2",
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{text:?} was accepted");
+        assert!(
+            err.contains(expected) && !err.contains("panicked"),
+            "{text:?}: {err}"
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier scores\n");
     }
 }
