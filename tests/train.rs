@@ -1,6 +1,7 @@
 //! `edco train` end to end on tiny models: the run directory's contents, the edco curriculum's
 //! ordering, learning (one small set overfits), an interrupted run resumed mid-round ending
-//! bit-for-bit where the uninterrupted one does, and GRPO's rollouts, rewards and KL.
+//! bit-for-bit where the uninterrupted one does, GRPO's rollouts, rewards and KL, and GRPO
+//! learning a toy task.
 
 mod common;
 
@@ -319,4 +320,105 @@ fn a_selection_larger_than_the_pool_is_refused() {
     )
     .unwrap_err();
     assert!(format!("{e:#}").contains("batch_size"), "{e:#}");
+}
+
+/// GRPO learns a task a tiny random model can learn: open the reply with a lowercase ASCII
+/// letter. The reward is a plain function of the completion (the pluggable reward hook); at the
+/// start 26 of the 259 byte tokens earn it, so groups of 8 usually disagree and carry a signal.
+/// With this seed the reward per step goes from about 0.1 to 1.0 within 15 steps.
+#[test]
+fn grpo_raises_reward_on_a_toy_task() {
+    use candle_core::{DType, Device};
+    use edco::model::generate::{Prompt, Sampling};
+    use edco::model::{Decoder, Trainable, config::ModelConfig, weights::WeightSource};
+    use edco::trainer::grpo::{GrpoParams, rollout, train_on};
+    use edco::trainer::optim::{AdamW, AdamWParams};
+
+    let dir = common::tiny_model(edco::model::config::Arch::Qwen3, true, 11);
+    let model_dir = dir.path().join("model");
+    let cfg = ModelConfig::from_file(&model_dir.join("config.json")).unwrap();
+    let weights = WeightSource::from_hf_dir(&model_dir).unwrap();
+    let load = |trainable| {
+        Decoder::new(
+            cfg.clone(),
+            &weights,
+            DType::F32,
+            &Device::Cpu,
+            trainable,
+            1,
+        )
+        .unwrap()
+    };
+    // Full fine-tuning: LoRA cannot move this random model's output norm or its tied head
+    // enough to concentrate mass on 26 random embeddings. The KL reference is a frozen copy.
+    let (model, reference) = (load(Trainable::Full), load(Trainable::Frozen));
+    let tok = edco::tokenizer::Tokenizer::from_dir(&model_dir).unwrap();
+    let prompts: Vec<Vec<u32>> = ["Say a letter:", "Next one?", "Pick: ", "1 2 3"]
+        .iter()
+        .map(|p| tok.encode(p, false).unwrap())
+        .collect();
+    let p = GrpoParams {
+        num_generations: 8,
+        max_new_tokens: 2,
+        sampling: Sampling::new(false, 1.0, 1.0, 0),
+        epsilon: 0.2,
+        epsilon_high: 0.28,
+        beta: 0.01,
+        scale_rewards: true,
+        num_iterations: 1,
+        micro_batch: 32,
+        max_grad_norm: 1.0,
+        pad_id: tok.pad_id(),
+    };
+    let mut opt = AdamW::new(
+        model.vars().to_vec(),
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    let mut reward = |_: usize, completion: &[u32]| -> anyhow::Result<f64> {
+        let first = completion
+            .first()
+            .map(|&t| tok.decode(&[t], false))
+            .transpose()?;
+        let hit = first.is_some_and(|s| s.len() == 1 && s.as_bytes()[0].is_ascii_lowercase());
+        Ok(if hit { 1.0 } else { 0.0 })
+    };
+    let mut means = Vec::new();
+    for step in 0..30u64 {
+        let batch: Vec<Prompt> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, ids)| Prompt {
+                ids: ids.clone(),
+                seed: step * 100 + i as u64,
+            })
+            .collect();
+        let rollouts = rollout(&model, &batch, &[], &p, &mut reward).unwrap();
+        for r in &rollouts {
+            let mean = r.advantages.iter().sum::<f64>() / r.advantages.len() as f64;
+            assert!(mean.abs() < 1e-9, "group advantages must have zero mean");
+        }
+        let stats = train_on(
+            &model,
+            Some(&reference),
+            &mut opt,
+            &rollouts,
+            1e-2,
+            &p,
+            step,
+        )
+        .unwrap();
+        means.push(stats.reward_mean);
+    }
+    let first: f64 = means[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = means[25..].iter().sum::<f64>() / 5.0;
+    assert!(
+        first < 0.3 && last > 0.9,
+        "reward per step should rise from about 0.1 to near 1: {means:?}"
+    );
 }
