@@ -410,6 +410,43 @@ impl Config {
 
     pub fn validate(&self) -> Result<()> {
         let fail = |field: &str, why: &str| -> Result<()> { bail!("`{field}`: {why}") };
+        let positive = |field: &str, v: usize| -> Result<()> {
+            if v == 0 {
+                bail!("`{field}`: must be positive, got 0");
+            }
+            Ok(())
+        };
+        let in_unit = |field: &str, v: f64| -> Result<()> {
+            if !(v > 0.0 && v <= 1.0) {
+                bail!("`{field}`: must be in (0, 1], got {v}");
+            }
+            Ok(())
+        };
+        let at_least_zero = |field: &str, v: f64| -> Result<()> {
+            if !(0.0..).contains(&v) {
+                bail!("`{field}`: must be >= 0, got {v}");
+            }
+            Ok(())
+        };
+        let rates = |section: &str, lr: f64, min_lr: f64| -> Result<()> {
+            if lr.is_nan() || lr <= 0.0 {
+                bail!("`{section}.learning_rate`: must be positive, got {lr}");
+            }
+            if !(min_lr >= 0.0 && min_lr <= lr) {
+                bail!(
+                    "`{section}.min_learning_rate`: must be in [0, learning_rate = {lr}], got {min_lr}"
+                );
+            }
+            Ok(())
+        };
+        let betas = |section: &str, beta1: f64, beta2: f64| -> Result<()> {
+            for (k, v) in [("beta1", beta1), ("beta2", beta2)] {
+                if !(0.0..1.0).contains(&v) {
+                    bail!("`{section}.{k}`: must be in [0, 1), got {v}");
+                }
+            }
+            Ok(())
+        };
         if self.model.source.is_empty() {
             fail(
                 "model.source",
@@ -429,63 +466,40 @@ impl Config {
             fail("data.max_length", "must be at least 8")?;
         }
         let e = &self.entropy;
-        if e.prefix_tokens == 0
-            || e.max_tokens == 0
-            || e.samples_per_prompt == 0
-            || e.batch_size == 0
-        {
-            fail(
-                "entropy",
-                "prefix_tokens, max_tokens, samples_per_prompt and batch_size must be positive",
-            )?;
-        }
-        if !(e.top_fraction > 0.0 && e.top_fraction <= 1.0) {
-            fail("entropy.top_fraction", "must be in (0, 1]")?;
-        }
-        if !(e.top_p > 0.0 && e.top_p <= 1.0) || e.temperature < 0.0 {
-            fail(
-                "entropy.top_p / temperature",
-                "top_p must be in (0, 1] and temperature >= 0",
-            )?;
-        }
+        positive("entropy.prefix_tokens", e.prefix_tokens)?;
+        positive("entropy.max_tokens", e.max_tokens)?;
+        positive("entropy.samples_per_prompt", e.samples_per_prompt)?;
+        positive("entropy.batch_size", e.batch_size)?;
+        in_unit("entropy.top_fraction", e.top_fraction)?;
+        in_unit("entropy.top_p", e.top_p)?;
+        at_least_zero("entropy.temperature", e.temperature)?;
         let c = &self.curriculum;
-        if c.rounds == 0 {
-            fail("curriculum.rounds", "must be positive")?;
-        }
+        positive("curriculum.rounds", c.rounds)?;
         if c.select_n == 0 && !(c.select_fraction > 0.0 && c.select_fraction <= 1.0) {
             fail(
                 "curriculum.select_fraction",
-                "must be in (0, 1] (or set select_n)",
+                &format!(
+                    "must be in (0, 1] (or set select_n), got {}",
+                    c.select_fraction
+                ),
             )?;
         }
         if !(0.0..1.0).contains(&c.drop_top_fraction) {
-            fail("curriculum.drop_top_fraction", "must be in [0, 1)")?;
+            fail(
+                "curriculum.drop_top_fraction",
+                &format!("must be in [0, 1), got {}", c.drop_top_fraction),
+            )?;
         }
-        if !(c.rescore_fraction > 0.0 && c.rescore_fraction <= 1.0) {
-            fail("curriculum.rescore_fraction", "must be in (0, 1]")?;
-        }
-        if c.soft_temperature < 0.0 {
-            fail("curriculum.soft_temperature", "must be >= 0")?;
-        }
+        in_unit("curriculum.rescore_fraction", c.rescore_fraction)?;
+        at_least_zero("curriculum.soft_temperature", c.soft_temperature)?;
         let s = &self.sft;
-        if s.learning_rate <= 0.0
-            || s.min_learning_rate < 0.0
-            || s.min_learning_rate > s.learning_rate
-        {
-            fail(
-                "sft.learning_rate",
-                "must be positive and at least min_learning_rate",
-            )?;
-        }
-        if s.batch_size == 0 || s.grad_accum == 0 || s.epochs_per_round == 0 {
-            fail(
-                "sft",
-                "batch_size, grad_accum and epochs_per_round must be positive",
-            )?;
-        }
-        if !(0.0..1.0).contains(&s.beta1) || !(0.0..1.0).contains(&s.beta2) {
-            fail("sft.beta1 / beta2", "must be in [0, 1)")?;
-        }
+        rates("sft", s.learning_rate, s.min_learning_rate)?;
+        positive("sft.batch_size", s.batch_size)?;
+        positive("sft.grad_accum", s.grad_accum)?;
+        positive("sft.epochs_per_round", s.epochs_per_round)?;
+        betas("sft", s.beta1, s.beta2)?;
+        at_least_zero("sft.weight_decay", s.weight_decay)?;
+        at_least_zero("sft.max_grad_norm", s.max_grad_norm)?;
         let g = &self.grpo;
         if self.method == Method::Grpo {
             if g.num_generations < 2 {
@@ -494,34 +508,29 @@ impl Config {
                     "must be at least 2 (advantages compare completions of a prompt)",
                 )?;
             }
-            if g.prompts_per_step == 0
-                || g.steps_per_round == 0
-                || g.max_new_tokens == 0
-                || g.micro_batch == 0
-            {
-                fail(
-                    "grpo",
-                    "prompts_per_step, steps_per_round, max_new_tokens and micro_batch must be positive",
-                )?;
+            positive("grpo.prompts_per_step", g.prompts_per_step)?;
+            positive("grpo.steps_per_round", g.steps_per_round)?;
+            positive("grpo.max_new_tokens", g.max_new_tokens)?;
+            positive("grpo.micro_batch", g.micro_batch)?;
+            positive("grpo.num_iterations", g.num_iterations)?;
+            rates("grpo", g.learning_rate, g.min_learning_rate)?;
+            at_least_zero("grpo.beta", g.beta)?;
+            for (k, v) in [("epsilon", g.epsilon), ("epsilon_high", g.epsilon_high)] {
+                if v.is_nan() || v <= 0.0 {
+                    fail(&format!("grpo.{k}"), &format!("must be positive, got {v}"))?;
+                }
             }
-            if g.learning_rate <= 0.0
-                || g.min_learning_rate > g.learning_rate
-                || g.beta < 0.0
-                || g.epsilon <= 0.0
-                || g.epsilon_high <= 0.0
-            {
-                fail(
-                    "grpo",
-                    "learning_rate and epsilons must be positive, beta >= 0, min_learning_rate <= learning_rate",
-                )?;
-            }
-            if g.num_iterations == 0 {
-                fail("grpo.num_iterations", "must be at least 1")?;
-            }
+            in_unit("grpo.top_p", g.top_p)?;
+            at_least_zero("grpo.temperature", g.temperature)?;
+            betas("grpo", g.beta1, g.beta2)?;
+            at_least_zero("grpo.weight_decay", g.weight_decay)?;
+            at_least_zero("grpo.max_grad_norm", g.max_grad_norm)?;
         }
-        if self.run.keep_last == 0 {
-            fail("run.keep_last", "must be at least 1")?;
+        if self.eval.generate {
+            positive("eval.max_new_tokens", self.eval.max_new_tokens)?;
         }
+        positive("eval.batch_size", self.eval.batch_size)?;
+        positive("run.keep_last", self.run.keep_last)?;
         Ok(())
     }
 

@@ -27,9 +27,15 @@ fn write_pool(path: &Path, n: usize) {
 }
 
 fn config(model: &Path, dir: &Path, extra: &str) -> Config {
+    Config::from_toml(&config_text(model, dir, extra), &[]).unwrap()
+}
+
+/// The TOML of a small run over a fresh pool in `dir`; `extra` is appended (later keys win only
+/// in tables it opens itself).
+fn config_text(model: &Path, dir: &Path, extra: &str) -> String {
     write_pool(&dir.join("train.jsonl"), 16);
     write_pool(&dir.join("eval.jsonl"), 6);
-    let text = format!(
+    format!(
         r#"
 [model]
 source = "{model}"
@@ -60,8 +66,7 @@ seed = 3
         train = dir.join("train.jsonl").display(),
         eval = dir.join("eval.jsonl").display(),
         out = dir.join("run").display(),
-    );
-    Config::from_toml(&text, &[]).unwrap()
+    )
 }
 
 fn lines(path: &Path) -> Vec<serde_json::Value> {
@@ -421,4 +426,45 @@ fn grpo_raises_reward_on_a_toy_task() {
         first < 0.3 && last > 0.9,
         "reward per step should rise from about 0.1 to near 1: {means:?}"
     );
+}
+
+/// Bad settings stop the run before anything is written, naming the key (and the line for
+/// type errors).
+#[test]
+fn bad_settings_are_refused_by_name() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(model.path(), dir.path(), "");
+    let cases = [
+        ("batch_size = 2", "batch_size = 0", "sft.batch_size"),
+        ("rounds = 2", "rounds = 0", "curriculum.rounds"),
+        ("rounds = 2", "rounds = -1", "line"),
+        (
+            "learning_rate = 1e-3",
+            "learning_rate = -1e-3",
+            "sft.learning_rate",
+        ),
+        (
+            "prefix_tokens = 6",
+            "prefix_tokens = 0",
+            "entropy.prefix_tokens",
+        ),
+        (
+            "select_fraction = 0.25",
+            "select_fraction = 1.5",
+            "curriculum.select_fraction",
+        ),
+        ("max_length = 256", "max_length = \"long\"", "line"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(text.contains(from), "{from}");
+        let e = Config::from_toml(&text.replace(from, to), &[]).err();
+        let msg = format!("{:#}", e.unwrap_or_else(|| panic!("{to} was accepted")));
+        assert!(msg.contains(expected), "{to}: {msg}");
+    }
+    let mut cfg = config(model.path(), dir.path(), "");
+    cfg.data.eval = dir.path().join("missing.jsonl");
+    let msg = format!("{:#}", edco::train::run(&cfg, None, false).unwrap_err());
+    assert!(msg.contains("missing.jsonl"), "{msg}");
+    assert!(!dir.path().join("run").exists());
 }
