@@ -56,22 +56,29 @@ pub fn save(
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
-    std::fs::create_dir_all(&stage)?;
-    match model.trainable() {
-        Trainable::Lora(_) => save_adapter(model, &stage.join("adapter"), base_model)?,
-        _ => save_hf_dir(
-            model,
-            &loaded.tokenizer,
-            &loaded.eos_token_ids,
-            &stage.join("model"),
-        )?,
+    let staged = (|| -> Result<()> {
+        std::fs::create_dir_all(&stage)?;
+        match model.trainable() {
+            Trainable::Lora(_) => save_adapter(model, &stage.join("adapter"), base_model)?,
+            _ => save_hf_dir(
+                model,
+                &loaded.tokenizer,
+                &loaded.eos_token_ids,
+                &stage.join("model"),
+            )?,
+        }
+        opt.save(&stage.join(OPTIMIZER))?;
+        crate::model::weights::write_atomic(
+            &stage.join(STATE),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
+        replace_dir(&stage, &dir)
+    })();
+    if let Err(e) = staged {
+        // Leave no half-written checkpoint behind; the older ones are untouched.
+        let _ = std::fs::remove_dir_all(&stage);
+        return Err(e.context(format!("saving checkpoint {}", dir.display())));
     }
-    opt.save(&stage.join(OPTIMIZER))?;
-    crate::model::weights::write_atomic(
-        &stage.join(STATE),
-        serde_json::to_string_pretty(state)?.as_bytes(),
-    )?;
-    replace_dir(&stage, &dir)?;
     prune(&root, keep_last)?;
     Ok(dir)
 }

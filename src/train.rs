@@ -110,6 +110,7 @@ fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
 /// Appends JSON lines to `metrics.jsonl`, counting them for checkpoints.
 struct Metrics {
     file: std::fs::File,
+    path: PathBuf,
     lines: usize,
 }
 
@@ -130,12 +131,17 @@ impl Metrics {
             .append(true)
             .open(path)
             .with_context(|| format!("opening {}", path.display()))?;
-        Ok(Self { file, lines })
+        Ok(Self {
+            file,
+            lines,
+            path: path.to_path_buf(),
+        })
     }
 
     fn log(&mut self, value: serde_json::Value) -> Result<()> {
-        writeln!(self.file, "{value}")?;
-        self.file.flush()?;
+        writeln!(self.file, "{value}")
+            .and_then(|()| self.file.flush())
+            .with_context(|| format!("appending to {}", self.path.display()))?;
         self.lines += 1;
         Ok(())
     }
@@ -251,9 +257,16 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             None
         }
     };
-    std::fs::create_dir_all(run_dir.join("curriculum"))?;
-    std::fs::create_dir_all(run_dir.join("scores"))?;
-    std::fs::create_dir_all(run_dir.join("plots"))?;
+    for sub in ["curriculum", "scores", "plots"] {
+        let d = run_dir.join(sub);
+        std::fs::create_dir_all(&d).with_context(|| {
+            format!(
+                "creating {} (run.output_dir is {})",
+                d.display(),
+                run_dir.display()
+            )
+        })?;
+    }
     write_atomic(
         &run_dir.join("config.toml"),
         toml::to_string(cfg)?.as_bytes(),

@@ -1,7 +1,7 @@
 //! `edco train` end to end on tiny models: the run directory's contents, the edco curriculum's
 //! ordering, learning (one small set overfits), an interrupted run resumed mid-round ending
-//! bit-for-bit where the uninterrupted one does, GRPO's rollouts, rewards and KL, and GRPO
-//! learning a toy task.
+//! bit-for-bit where the uninterrupted one does, GRPO's rollouts, rewards and KL, GRPO learning
+//! a toy task, and bad settings, an unwritable output directory and a full disk.
 
 mod common;
 
@@ -467,4 +467,76 @@ fn bad_settings_are_refused_by_name() {
     let msg = format!("{:#}", edco::train::run(&cfg, None, false).unwrap_err());
     assert!(msg.contains("missing.jsonl"), "{msg}");
     assert!(!dir.path().join("run").exists());
+}
+
+/// Runs the `edco` binary with a shell prelude (to limit the file size, say).
+fn edco_under(prelude: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!("{prelude}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_edco"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// An output directory that cannot be created, and a disk that fills up while the first
+/// checkpoint is written (simulated with a file-size limit, whose signal is ignored so writes
+/// fail the way they do on a full disk): both stop the run with an error naming the path, and
+/// leave no half-written file or checkpoint behind.
+#[test]
+fn an_unwritable_output_dir_or_a_full_disk_stops_cleanly() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(model.path(), dir.path(), "").replace("\"lora\"", "\"full\"");
+    let run = dir.path().join("run");
+    std::fs::write(dir.path().join("blocker"), "a file, not a directory").unwrap();
+    let blocked = dir.path().join("blocker/run");
+    let cfg = dir.path().join("blocked.toml");
+    std::fs::write(
+        &cfg,
+        text.replace(&run.display().to_string(), &blocked.display().to_string()),
+    )
+    .unwrap();
+    let o = edco_under("true", &["train", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains(&blocked.display().to_string()) && !err.contains("panicked"),
+        "{err}"
+    );
+
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    // 64 KiB: enough for the config, metrics and curriculum files, not for the weights.
+    let o = edco_under(
+        "trap '' XFSZ; ulimit -f 64",
+        &["train", "--config", cfg.to_str().unwrap()],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("saving checkpoint")
+            && err.contains("File too large")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(edco::checkpoint::list(&run).unwrap().is_empty());
+    let mut left = vec![];
+    let mut stack = vec![run.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            left.push(p.strip_prefix(&run).unwrap().display().to_string());
+        }
+    }
+    assert!(
+        left.iter()
+            .all(|p| !p.contains(".tmp") && !p.contains(".partial")),
+        "{left:?}"
+    );
+    assert!(run.join("metrics.jsonl").is_file(), "{left:?}");
 }
