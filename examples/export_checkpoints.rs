@@ -2,7 +2,10 @@
 //! `scripts/parity.py check-checkpoint` can load them in transformers / peft and compare:
 //! - `full/`: tiny-llama3 fully "fine-tuned" (every weight perturbed), saved as a HF directory;
 //! - `lora/`: tiny-qwen3 base + a PEFT adapter with non-zero B;
-//! - `merged/`: that adapter merged into the base, saved as a HF directory.
+//! - `merged/`: that adapter merged into the base, saved as a HF directory;
+//! - `trained-full/`, `trained-lora/`: the last checkpoint of a short `edco train` run (SFT on
+//!   the shipped demo data, full fine-tuning and LoRA), exactly as the trainer wrote it, with
+//!   the logits edco computes after loading it back.
 //!
 //! Usage: `cargo run --release --example export_checkpoints -- OUT_DIR` (see scripts/check_checkpoints.sh).
 
@@ -11,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use edco::init_model::byte_tokenizer;
 use edco::model::config::ModelConfig;
 use edco::model::layers::Mode;
-use edco::model::load::save_hf_dir;
+use edco::model::load::{LoadOptions, load as load_model, save_hf_dir};
 use edco::model::lora::{self, LoraConfig};
 use edco::model::weights::{WeightSource, save_safetensors};
 use edco::model::{Batch, Decoder, Trainable};
@@ -109,6 +112,82 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(out.join("merged"))?;
     save_hf_dir(&adapted, &tok, &[2], &out.join("merged/model"))?;
     write_expected(&adapted, &out.join("merged"))?;
-    println!("wrote full/, lora/ and merged/ under {}", out.display());
+    for finetune in ["full", "lora"] {
+        trained(&out, finetune)?;
+    }
+    println!(
+        "wrote full/, lora/, merged/, trained-full/ and trained-lora/ under {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Trains tiny-qwen3 for one short round with `finetune` and lays out its last checkpoint for
+/// check-checkpoint, with the logits of that checkpoint as edco loads it.
+fn trained(out: &Path, finetune: &str) -> Result<()> {
+    let work = out.join(format!(".work-{finetune}"));
+    let base = work.join("base");
+    std::fs::create_dir_all(&base)?;
+    for f in ["config.json", "model.safetensors", "generation_config.json"] {
+        std::fs::copy(fixture("tiny-qwen3").join(f), base.join(f))?;
+    }
+    byte_tokenizer()?.save_dir(&base)?;
+    let data = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/demo_train.jsonl");
+    let text = format!(
+        r#"
+[model]
+source = "{base}"
+finetune = "{finetune}"
+lora = {{ r = 4, alpha = 8.0, dropout = 0.0 }}
+[data]
+train = "{data}"
+max_length = 256
+[entropy]
+prefix_tokens = 4
+[curriculum]
+rounds = 1
+select_n = 8
+[sft]
+learning_rate = 1e-2
+min_learning_rate = 1e-2
+batch_size = 4
+[eval]
+generate = false
+[run]
+output_dir = "{run}"
+seed = 5
+"#,
+        base = base.display(),
+        data = data.display(),
+        run = work.join("run").display(),
+    );
+    let cfg = edco::config::Config::from_toml(&text, &[])?;
+    let run = edco::train::run(&cfg, None, false)?;
+    let (ckpt, _) = edco::checkpoint::latest(&run)?;
+    let dir = out.join(format!("trained-{finetune}"));
+    std::fs::create_dir_all(&dir)?;
+    let opts = LoadOptions::default();
+    let model = if finetune == "lora" {
+        std::fs::rename(&base, dir.join("base"))?;
+        std::fs::rename(ckpt.join("adapter"), dir.join("adapter"))?;
+        let mut loaded = load_model(dir.join("base").to_str().context("utf-8 path")?, &opts)?;
+        lora::load_adapter(&mut loaded.model, &dir.join("adapter"))?;
+        loaded.model
+    } else {
+        std::fs::rename(ckpt.join("model"), dir.join("model"))?;
+        load_model(dir.join("model").to_str().context("utf-8 path")?, &opts)?.model
+    };
+    // The check only means something if training moved the weights.
+    let moved = (model.forward(&batch()?, Mode::Eval)?
+        - load("tiny-qwen3", Trainable::Frozen)?.forward(&batch()?, Mode::Eval)?)?
+    .abs()?
+    .max_all()?
+    .to_scalar::<f32>()?;
+    anyhow::ensure!(
+        moved > 1e-3,
+        "{finetune}: training left the logits where they were"
+    );
+    write_expected(&model, &dir)?;
+    std::fs::remove_dir_all(&work)?;
     Ok(())
 }
