@@ -1,9 +1,12 @@
-//! Attention for inference on the CPU in f32, in the (batch, time, heads, head_dim) layout the
-//! projections produce, so no transposes are copied. Per (batch row, head, block of queries) it
-//! multiplies only the keys that block may see: leading padding is skipped and, under the causal
-//! mask, a block stops at its last query. The softmax exponentiates only visible keys. The
-//! composed path (`layers::attention`) is the reference it is tested against; it carries no
-//! gradient, so training never uses it.
+//! Attention on the CPU in f32, in the (batch, time, heads, head_dim) layout the projections
+//! produce, so no transposes are copied. Per (batch row, head, block of queries) it multiplies
+//! only the keys that block may see: leading padding is skipped and, under the causal mask, a
+//! block stops at its last query. The softmax exponentiates only visible keys.
+//!
+//! For training, [`attention_with_grad`] adds a backward in the manner of FlashAttention's: the
+//! probabilities are recomputed block by block from Q and K, so neither pass keeps a
+//! (B, H, T, T) tensor alive, and the gradients of Q, K and V come from matrix products per
+//! block. The composed path (`layers::attention`) is the reference both are tested against.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -28,8 +31,124 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, key_mask: &[Vec<u8>]) -> Re
     )
 }
 
+/// [`attention`] with a backward: for training, where the composed attention would keep several
+/// (B, H, T, T) tensors per layer for its backward.
+pub fn attention_with_grad(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    key_mask: &[Vec<u8>],
+) -> Result<Tensor> {
+    let (b, _, _, _) = q.dims4()?;
+    if key_mask.len() != b {
+        candle_core::bail!("attention: {} mask rows for a batch of {b}", key_mask.len());
+    }
+    q.apply_op3(
+        k,
+        v,
+        Attention {
+            key_mask: key_mask.to_vec(),
+        },
+    )
+}
+
 struct Attention {
     key_mask: Vec<Vec<u8>>,
+}
+
+/// Checks the shapes of q (B, Tq, H, D) against k and v (B, Tk, KVH, D) and the mask; returns
+/// (B, Tq, Tk, H, KVH, D).
+fn check_shapes(
+    ql: &Layout,
+    kl: &Layout,
+    vl: &Layout,
+    key_mask: &[Vec<u8>],
+) -> Result<(usize, usize, usize, usize, usize, usize)> {
+    let (b, tq, h, d) = ql.shape().dims4()?;
+    let (kb, tk, kvh, kd) = kl.shape().dims4()?;
+    if kb != b || kd != d || vl.shape() != kl.shape() || kvh == 0 || h % kvh != 0 || tk < tq {
+        candle_core::bail!(
+            "attention: q {:?} does not fit k {:?} / v {:?}",
+            ql.shape(),
+            kl.shape(),
+            vl.shape()
+        );
+    }
+    if key_mask.iter().any(|m| m.len() != tk) {
+        candle_core::bail!("attention: key mask rows must have {tk} entries");
+    }
+    Ok((b, tq, tk, h, kvh, d))
+}
+
+/// The keys a block of queries [i0, i1) may see, [k0, k1), or None when it sees none.
+fn block_keys(mask: &[u8], offset: usize, i1: usize) -> Option<(usize, usize)> {
+    let k0 = mask.iter().position(|&m| m != 0)?;
+    let k1 = offset + i1;
+    (k0 < k1).then_some((k0, k1))
+}
+
+/// Turns each line of scores (`keys` wide, query `first_query + r` on line r) into softmax
+/// probabilities over the keys it sees; a line that sees none becomes zeros.
+fn softmax_lines(scores: &mut [f32], keys: usize, k0: usize, first_query: usize, mask: &[u8]) {
+    for (r, line) in scores.chunks_mut(keys).enumerate() {
+        // Query first_query + r sees keys up to that absolute index.
+        let last = first_query + r;
+        let seen = |j: usize| k0 + j <= last && mask[k0 + j] != 0;
+        let max = (0..keys)
+            .filter(|&j| seen(j))
+            .map(|j| line[j])
+            .fold(f32::NEG_INFINITY, f32::max);
+        if max == f32::NEG_INFINITY {
+            line.fill(0.0);
+            continue;
+        }
+        let mut sum = 0f32;
+        for (j, x) in line.iter_mut().enumerate() {
+            *x = if seen(j) { (*x - max).exp() } else { 0.0 };
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        line.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
+/// `dst (m x n) = alpha * dst + beta * lhs (m x k) * rhs (k x n)` with explicit strides
+/// (column stride, row stride) for each operand, single-threaded (tasks run in parallel).
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_strides: (isize, isize),
+    accumulate: bool,
+    lhs: *const f32,
+    lhs_strides: (isize, isize),
+    rhs: *const f32,
+    rhs_strides: (isize, isize),
+    beta: f32,
+) {
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_strides.0,
+            dst_strides.1,
+            accumulate,
+            lhs,
+            lhs_strides.0,
+            lhs_strides.1,
+            rhs,
+            rhs_strides.0,
+            rhs_strides.1,
+            if accumulate { 1.0 } else { 0.0 },
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// The output buffer, written by tasks that own disjoint rows of it.
@@ -70,19 +189,7 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, tq, h, d) = ql.shape().dims4()?;
-        let (kb, tk, kvh, kd) = kl.shape().dims4()?;
-        if kb != b || kd != d || vl.shape() != kl.shape() || kvh == 0 || h % kvh != 0 || tk < tq {
-            candle_core::bail!(
-                "attention: q {:?} does not fit k {:?} / v {:?}",
-                ql.shape(),
-                kl.shape(),
-                vl.shape()
-            );
-        }
-        if self.key_mask.iter().any(|m| m.len() != tk) {
-            candle_core::bail!("attention: key mask rows must have {tk} entries");
-        }
+        let (b, tq, tk, h, kvh, d) = check_shapes(ql, kl, vl, &self.key_mask)?;
         let (q, k, v) = (
             f32_slice(qs, ql, "q")?,
             f32_slice(ks, kl, "k")?,
@@ -101,89 +208,213 @@ impl CustomOp3 for Attention {
             let i0 = block * QUERY_BLOCK;
             let i1 = (i0 + QUERY_BLOCK).min(tq);
             // Keys this block may see: from the first visible one to its last query's position.
-            let Some(k0) = mask.iter().position(|&m| m != 0) else {
+            let Some((k0, k1)) = block_keys(mask, offset, i1) else {
                 return;
             };
-            let k1 = offset + i1;
-            if k0 >= k1 {
-                return;
-            }
             let (rows, keys) = (i1 - i0, k1 - k0);
             let q_at = &q[((row * tq + i0) * h + head) * d..];
             let kv_off = ((row * tk + k0) * kvh + head / g) * d;
             let mut scores = vec![0f32; rows * keys];
+            let (hd, kvd, line) = ((h * d) as isize, (kvh * d) as isize, keys as isize);
             // scores = scale * Q K^T: Q rows are H*D apart, K rows KVH*D apart.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    keys,
-                    d,
+                matmul(
+                    (rows, keys, d),
                     scores.as_mut_ptr(),
-                    1,
-                    keys as isize,
+                    (1, line),
                     false,
                     q_at.as_ptr(),
-                    1,
-                    (h * d) as isize,
+                    (1, hd),
                     k[kv_off..].as_ptr(),
-                    (kvh * d) as isize,
-                    1,
-                    0.0,
+                    (kvd, 1),
                     scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
-            for (r, line) in scores.chunks_mut(keys).enumerate() {
-                // Query i0 + r sees keys up to absolute index offset + i0 + r.
-                let last = offset + i0 + r;
-                let seen = |j: usize| k0 + j <= last && mask[k0 + j] != 0;
-                let max = (0..keys)
-                    .filter(|&j| seen(j))
-                    .map(|j| line[j])
-                    .fold(f32::NEG_INFINITY, f32::max);
-                if max == f32::NEG_INFINITY {
-                    // Sees nothing (a padding query): zero probabilities give a zero output.
-                    line.fill(0.0);
-                    continue;
-                }
-                let mut sum = 0f32;
-                for (j, x) in line.iter_mut().enumerate() {
-                    *x = if seen(j) { (*x - max).exp() } else { 0.0 };
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                line.iter_mut().for_each(|x| *x *= inv);
-            }
+            softmax_lines(&mut scores, keys, k0, offset + i0, mask);
             // out rows = P V, written in place: (B, Tq, H * D) has rows H*D apart.
-            let dst = out_ptr.at(((row * tq + i0) * h + head) * d);
             unsafe {
-                gemm::gemm(
-                    rows,
-                    d,
-                    keys,
-                    dst,
-                    1,
-                    (h * d) as isize,
+                matmul(
+                    (rows, d, keys),
+                    out_ptr.at(((row * tq + i0) * h + head) * d),
+                    (1, hd),
                     false,
                     scores.as_ptr(),
-                    1,
-                    keys as isize,
+                    (1, line),
                     v[kv_off..].as_ptr(),
-                    1,
-                    (kvh * d) as isize,
-                    0.0,
+                    (1, kvd),
                     1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
                 );
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((b, tq, h * d))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, tq, h, d) = q.dims4()?;
+        let (_, tk, kvh, _) = k.dims4()?;
+        let grads = q.apply_op3_no_bwd(
+            k,
+            v,
+            &AttentionGrad {
+                key_mask: self.key_mask.clone(),
+                grad_out: grad_out.contiguous()?,
+            },
+        )?;
+        let (nq, nk) = (b * tq * h * d, b * tk * kvh * d);
+        Ok((
+            Some(grads.narrow(0, 0, nq)?.reshape((b, tq, h, d))?),
+            Some(grads.narrow(0, nq, nk)?.reshape((b, tk, kvh, d))?),
+            Some(grads.narrow(0, nq + nk, nk)?.reshape((b, tk, kvh, d))?),
+        ))
+    }
+}
+
+/// The gradients of [`Attention`] for the output gradient `grad_out` (B, Tq, H * D): one flat
+/// f32 buffer holding dQ, dK and dV in the layouts of q, k and v. One task per (batch row, KV
+/// head) owns that head's dK and dV and its query heads' dQ, so no two tasks write one element.
+/// Per block of queries: P = softmax(scale Q K^T) recomputed, dP = dO V^T,
+/// dS = P (dP - rowsum(P dP)), then dQ = scale dS K, dK += scale dS^T Q, dV += P^T dO.
+struct AttentionGrad {
+    key_mask: Vec<Vec<u8>>,
+    grad_out: Tensor,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "cpu-attention-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        qs: &CpuStorage,
+        ql: &Layout,
+        ks: &CpuStorage,
+        kl: &Layout,
+        vs: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, tq, tk, h, kvh, d) = check_shapes(ql, kl, vl, &self.key_mask)?;
+        let (q, k, v) = (
+            f32_slice(qs, ql, "q")?,
+            f32_slice(ks, kl, "k")?,
+            f32_slice(vs, vl, "v")?,
+        );
+        let (go_storage, go_layout) = self.grad_out.storage_and_layout();
+        let candle_core::Storage::Cpu(go_cpu) = &*go_storage else {
+            candle_core::bail!("attention: the output gradient must be on the CPU");
+        };
+        let go = f32_slice(go_cpu, go_layout, "the output gradient")?;
+        if go.len() != b * tq * h * d {
+            candle_core::bail!("attention: output gradient of {} values", go.len());
+        }
+        let g = h / kvh;
+        let offset = tk - tq;
+        let scale = 1.0 / (d as f32).sqrt();
+        let (nq, nk) = (b * tq * h * d, b * tk * kvh * d);
+        let mut grads = vec![0f32; nq + 2 * nk];
+        let base = Out(grads.as_mut_ptr());
+        let (hd, kvd) = ((h * d) as isize, (kvh * d) as isize);
+        let blocks = tq.div_ceil(QUERY_BLOCK);
+        (0..b * kvh).into_par_iter().for_each(|task| {
+            let (row, kv_head) = (task / kvh, task % kvh);
+            let mask = &self.key_mask[row];
+            let (mut p, mut ds) = (Vec::new(), Vec::new());
+            for head in kv_head * g..(kv_head + 1) * g {
+                for block in 0..blocks {
+                    let i0 = block * QUERY_BLOCK;
+                    let i1 = (i0 + QUERY_BLOCK).min(tq);
+                    let Some((k0, k1)) = block_keys(mask, offset, i1) else {
+                        continue;
+                    };
+                    let (rows, keys) = (i1 - i0, k1 - k0);
+                    let q_off = ((row * tq + i0) * h + head) * d;
+                    let kv_off = ((row * tk + k0) * kvh + kv_head) * d;
+                    p.resize(rows * keys, 0.0);
+                    ds.resize(rows * keys, 0.0);
+                    let line = keys as isize;
+                    unsafe {
+                        // P = softmax(scale Q K^T)
+                        matmul(
+                            (rows, keys, d),
+                            p.as_mut_ptr(),
+                            (1, line),
+                            false,
+                            q[q_off..].as_ptr(),
+                            (1, hd),
+                            k[kv_off..].as_ptr(),
+                            (kvd, 1),
+                            scale,
+                        );
+                        softmax_lines(&mut p, keys, k0, offset + i0, mask);
+                        // dP = dO V^T
+                        matmul(
+                            (rows, keys, d),
+                            ds.as_mut_ptr(),
+                            (1, line),
+                            false,
+                            go[q_off..].as_ptr(),
+                            (1, hd),
+                            v[kv_off..].as_ptr(),
+                            (kvd, 1),
+                            1.0,
+                        );
+                    }
+                    // dS = P (dP - sum_j P dP), line by line.
+                    for (pl, dl) in p.chunks(keys).zip(ds.chunks_mut(keys)) {
+                        let dot: f32 = pl.iter().zip(dl.iter()).map(|(a, b)| a * b).sum();
+                        for (x, &pj) in dl.iter_mut().zip(pl) {
+                            *x = pj * (*x - dot);
+                        }
+                    }
+                    unsafe {
+                        // dQ = scale dS K (this block's rows of this head: written once).
+                        matmul(
+                            (rows, d, keys),
+                            base.at(q_off),
+                            (1, hd),
+                            false,
+                            ds.as_ptr(),
+                            (1, line),
+                            k[kv_off..].as_ptr(),
+                            (1, kvd),
+                            scale,
+                        );
+                        // dK += scale dS^T Q
+                        matmul(
+                            (keys, d, rows),
+                            base.at(nq + kv_off),
+                            (1, kvd),
+                            true,
+                            ds.as_ptr(),
+                            (line, 1),
+                            q[q_off..].as_ptr(),
+                            (1, hd),
+                            scale,
+                        );
+                        // dV += P^T dO
+                        matmul(
+                            (keys, d, rows),
+                            base.at(nq + nk + kv_off),
+                            (1, kvd),
+                            true,
+                            p.as_ptr(),
+                            (line, 1),
+                            go[q_off..].as_ptr(),
+                            (1, hd),
+                            1.0,
+                        );
+                    }
+                }
+            }
+        });
+        Ok((CpuStorage::F32(grads), Shape::from(nq + 2 * nk)))
     }
 }
 
@@ -241,5 +472,59 @@ mod tests {
         // A decoding step: one query over a longer cache, and a short chunk after a prefix.
         check(2, 1, 40, 6, 3, vec![left(5)[..40].to_vec(), vec![1; 40]]);
         check(1, 7, 40, 2, 1, vec![vec![1; 40]]);
+    }
+
+    #[test]
+    fn gradients_match_composed_attention() {
+        let dev = Device::Cpu;
+        let (b, t, h, kvh, d) = (3, 150, 6, 2, 16);
+        let mut left = vec![1u8; t];
+        left[..70].fill(0);
+        let mut right = vec![1u8; t];
+        right[100..].fill(0);
+        let mask = vec![vec![1u8; t], left, right];
+        let var = |shape: (usize, usize, usize, usize)| {
+            candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &dev).unwrap()).unwrap()
+        };
+        let (q, k, v) = (var((b, t, h, d)), var((b, t, kvh, d)), var((b, t, kvh, d)));
+        // A random linear loss over the queries that see at least one key.
+        let sees: Vec<f32> = mask
+            .iter()
+            .flat_map(|m| (0..t).map(move |i| f32::from(m[..=i].contains(&1))))
+            .collect();
+        let sees = Tensor::from_vec(sees, (b, t, 1), &dev).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (b, t, h * d), &dev)
+            .unwrap()
+            .broadcast_mul(&sees)
+            .unwrap();
+        let grads = |out: Tensor| {
+            let g = (out * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            [&q, &k, &v].map(|x| g.get(x.as_tensor()).unwrap().clone())
+        };
+        let ours = grads(attention_with_grad(&q, &k, &v, &mask).unwrap());
+        let tr = |x: &Tensor| x.transpose(1, 2).unwrap().contiguous().unwrap();
+        let m = causal_mask(&mask, t, &dev).unwrap();
+        let reference = grads(composed(&tr(&q), &tr(&k), &tr(&v), &m, false).unwrap());
+        for (name, (a, r)) in ["q", "k", "v"].iter().zip(ours.iter().zip(&reference)) {
+            let scale = r
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            let diff = (a - r)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(
+                scale > 0.1 && diff < 1e-4 * scale,
+                "d{name}: {diff} of {scale}"
+            );
+        }
     }
 }

@@ -251,9 +251,22 @@ impl Rope {
         })
     }
 
-    /// `x`: (B, T, H, D), with candle's fused kernel (inference only).
-    pub fn apply_thd(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::rotary_emb::rope_thd(&x.contiguous()?, &self.cos_half, &self.sin_half)
+    /// `x`: (B, T, H, D); candle's fused kernel (no gradient) when `fused`, else composed ops.
+    pub fn apply_thd(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
+        if fused {
+            return candle_nn::rotary_emb::rope_thd(
+                &x.contiguous()?,
+                &self.cos_half,
+                &self.sin_half,
+            );
+        }
+        let half = x.dim(D::Minus1)? / 2;
+        let x1 = x.narrow(D::Minus1, 0, half)?;
+        let x2 = x.narrow(D::Minus1, half, half)?;
+        let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+        // cos, sin: (B, 1, T, D) -> (B, T, 1, D)
+        x.broadcast_mul(&self.cos.transpose(1, 2)?)?
+            + rotated.broadcast_mul(&self.sin.transpose(1, 2)?)?
     }
 
     /// `x`: (B, H, T, D).

@@ -452,9 +452,10 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let fused = mode.fused();
-        // Inference in f32 on the CPU keeps (B, T, heads, D) throughout, caches included, and
-        // runs the blocked attention kernel; everything else goes through the composed ops.
-        let cpu_kernel = fused && self.device.is_cpu() && self.dtype == DType::F32;
+        // In f32 on the CPU the (B, T, heads, D) layout is kept throughout, caches included, and
+        // the blocked attention kernel runs (with its backward when training); elsewhere the
+        // composed ops do.
+        let cpu_kernel = self.device.is_cpu() && self.dtype == DType::F32;
         let rope = Rope::new(&self.inv_freq, positions, self.dtype)?;
         let mask = if cpu_kernel {
             None
@@ -481,7 +482,7 @@ impl Decoder {
             let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
             // Time is axis 1 in the kernel's layout, axis 2 in the composed one's (B, n, T, D).
             let (q, k, v, time_axis) = if cpu_kernel {
-                (rope.apply_thd(&q)?, rope.apply_thd(&k)?, v, 1)
+                (rope.apply_thd(&q, fused)?, rope.apply_thd(&k, fused)?, v, 1)
             } else {
                 let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
                 (rope.apply(&q, fused)?, rope.apply(&k, fused)?, v, 2)
@@ -498,7 +499,15 @@ impl Decoder {
                 cache.v = Some(v.contiguous()?);
             }
             let attn = match &mask {
-                None => cpu_attention::attention(&q, &k.contiguous()?, &v.contiguous()?, key_mask)?,
+                None if fused => {
+                    cpu_attention::attention(&q, &k.contiguous()?, &v.contiguous()?, key_mask)?
+                }
+                None => cpu_attention::attention_with_grad(
+                    &q.contiguous()?,
+                    &k.contiguous()?,
+                    &v.contiguous()?,
+                    key_mask,
+                )?,
                 Some(mask) => attention(&q, &k, &v, mask, fused)?,
             };
             x = (x + a.o_proj.forward(&attn, mode)?)?;
