@@ -27,6 +27,13 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
+/// `n` of `samples` spread evenly over the file (a file grouped by domain keeps its mix).
+pub fn spread_evenly(samples: &[Sample], n: usize) -> Vec<Sample> {
+    (0..n)
+        .map(|i| samples[i * samples.len() / n].clone())
+        .collect()
+}
+
 pub struct Evaluator<'a> {
     pub model: &'a Decoder,
     pub tok: &'a Tokenizer,
@@ -38,8 +45,10 @@ pub struct Evaluator<'a> {
 impl Evaluator<'_> {
     pub fn run(&self, samples: &[Sample], cfg: &EvalSection) -> Result<EvalReport> {
         let start = Instant::now();
+        let spread;
         let samples = if cfg.max_samples > 0 && samples.len() > cfg.max_samples {
-            &samples[..cfg.max_samples]
+            spread = spread_evenly(samples, cfg.max_samples);
+            &spread[..]
         } else {
             samples
         };
@@ -164,5 +173,35 @@ impl Evaluator<'_> {
             }
         }
         Ok(Some(correct as f64 / mcq.len() as f64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_eval_set_keeps_the_mix_of_a_grouped_file() {
+        let samples: Vec<Sample> = ["med", "law", "tel"]
+            .iter()
+            .flat_map(|d| (0..30).map(move |i| format!("{d}-{i}")))
+            .map(|id| Sample {
+                id,
+                messages: Vec::new(),
+                response: None,
+                answer: None,
+                options: None,
+            })
+            .collect();
+        let picked = spread_evenly(&samples, 40);
+        assert_eq!(picked.len(), 40);
+        assert_eq!(picked[0].id, "med-0");
+        for d in ["med", "law", "tel"] {
+            let n = picked.iter().filter(|s| s.id.starts_with(d)).count();
+            assert!((13..=14).contains(&n), "{d}: {n}");
+        }
+        let mut ids: Vec<&str> = picked.iter().map(|s| s.id.as_str()).collect();
+        ids.dedup();
+        assert_eq!(ids.len(), 40);
     }
 }
