@@ -1,7 +1,9 @@
 //! Which samples each round trains on. One interface for every strategy, the same budget per
 //! round for all, so comparisons are fair:
-//! - `edco`: the pool is scored with the current model (all of it, or the least recently scored
-//!   `rescore_fraction` with the others keeping their last score), the top `drop_top_fraction`
+//! - `edco`: the pool is scored with the current model (all of it, or a `rescore_fraction` of it
+//!   with the others keeping their last score: first the samples trained on since they were
+//!   scored, whose stale scores would otherwise select them again, then the least recently
+//!   scored), the top `drop_top_fraction`
 //!   is dropped as likely noise, then the N highest are kept (or N are drawn without
 //!   replacement with probability ~ exp(score / soft_temperature));
 //! - `random`: N drawn uniformly, anew each round;
@@ -42,6 +44,9 @@ pub struct Curriculum {
     /// For static strategies, the pool order fixed before training.
     pub order: Vec<usize>,
     pub times_selected: Vec<usize>,
+    /// Round in which each sample was last selected (0: never; empty in older checkpoints).
+    #[serde(default)]
+    pub selected_round: Vec<usize>,
 }
 
 impl Curriculum {
@@ -54,6 +59,7 @@ impl Curriculum {
             scored_round: vec![0; pool],
             order: Vec::new(),
             times_selected: vec![0; pool],
+            selected_round: vec![0; pool],
         }
     }
 
@@ -70,8 +76,9 @@ impl Curriculum {
         }
     }
 
-    /// Pool indices to score before round `round`: for `edco`, everything in round 1, then the
-    /// least recently scored `rescore_fraction` of the pool; for static model orders, all once.
+    /// Pool indices to score before round `round`: for `edco`, everything in round 1, then a
+    /// `rescore_fraction` of the pool: the samples trained on since their last score first, then
+    /// the least recently scored; for static model orders, all once.
     pub fn to_score(&self, round: usize) -> Vec<usize> {
         if !self.needs_model_scores(round) {
             return Vec::new();
@@ -82,8 +89,13 @@ impl Curriculum {
         }
         let n = ((self.pool() as f64 * self.cfg.rescore_fraction).ceil() as usize)
             .clamp(1, self.pool());
+        let trained_since_scored = |i: usize| {
+            self.selected_round
+                .get(i)
+                .is_some_and(|&r| r > 0 && r >= self.scored_round[i])
+        };
         let mut idx = all;
-        idx.sort_by_key(|&i| (self.scored_round[i], i));
+        idx.sort_by_key(|&i| (!trained_since_scored(i), self.scored_round[i], i));
         idx.truncate(n);
         idx.sort_unstable();
         idx
@@ -155,8 +167,12 @@ impl Curriculum {
                 seen: self.times_selected[i] > 0,
             })
             .collect();
+        if self.selected_round.len() != self.pool() {
+            self.selected_round = vec![0; self.pool()];
+        }
         for &i in &chosen {
             self.times_selected[i] += 1;
+            self.selected_round[i] = round;
         }
         picks
     }
@@ -224,10 +240,15 @@ mod tests {
         );
         assert_eq!(c.to_score(1), vec![0, 1, 2, 3]);
         c.record(1, &[0, 1, 2, 3], &[1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(c.to_score(2), vec![0, 1]);
-        c.record(2, &[0, 1], &[5.0, 0.0]);
-        assert_eq!(c.to_score(3), vec![2, 3]);
-        assert_eq!(c.select(3)[0].index, 0);
+        assert_eq!(c.select(1)[0].index, 3);
+        // The sample just trained on is re-scored first, then the stalest by index.
+        assert_eq!(c.to_score(2), vec![0, 3]);
+        c.record(2, &[0, 3], &[5.0, 0.0]);
+        assert_eq!(c.select(2)[0].index, 0);
+        assert_eq!(c.to_score(3), vec![0, 1]);
+        c.record(3, &[0, 1], &[0.5, 0.0]);
+        assert_eq!(c.to_score(4), vec![2, 3]);
+        assert_eq!(c.select(3)[0].index, 2);
     }
 
     #[test]
