@@ -564,7 +564,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         s.max_grad_norm,
                         seed,
                     )?;
-                    bar.set_message(format!("loss {:.3}", stats.loss));
                     json!({"loss": stats.loss, "grad_norm": stats.grad_norm, "tokens": stats.tokens})
                 }
                 Method::Grpo => {
@@ -599,7 +598,6 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         &grpo_params,
                         seed,
                     )?;
-                    bar.set_message(format!("reward {:.2}", stats.reward_mean));
                     serde_json::to_value(&stats)?
                 }
             };
@@ -613,6 +611,17 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             line["lr"] = json!(lr);
             line["seconds"] = json!(secs);
             line["tokens_per_second"] = json!(tokens / secs.max(1e-9));
+            let progress = match cfg.method {
+                Method::Sft => format!("loss {:.3}", line["loss"].as_f64().unwrap_or(f64::NAN)),
+                Method::Grpo => format!(
+                    "reward {:.2}",
+                    line["reward_mean"].as_f64().unwrap_or(f64::NAN)
+                ),
+            };
+            bar.set_message(format!(
+                "{progress}, {:.0} tokens/s",
+                tokens / secs.max(1e-9)
+            ));
             let finite = line["loss"].as_f64().is_some_and(f64::is_finite);
             metrics.log(line)?;
             if !finite {
