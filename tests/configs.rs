@@ -21,6 +21,7 @@ fn shipped_configs_are_valid_and_dry_run() {
     assert_eq!(
         names,
         [
+            "demo.toml",
             "grpo_law.toml",
             "sft_medical.toml",
             "sft_telecom.toml",
