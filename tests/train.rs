@@ -420,6 +420,44 @@ fn grpo_raises_reward_on_a_toy_task() {
         .unwrap();
         means.push(stats.reward_mean);
     }
+    // With several updates per rollout batch, the later updates move the ratio away from 1;
+    // their clipping shows in the step's (mean) clip fraction.
+    let batch: Vec<Prompt> = prompts
+        .iter()
+        .map(|ids| Prompt {
+            ids: ids.clone(),
+            seed: 7,
+        })
+        .collect();
+    let probe = load(Trainable::Full);
+    let mut probe_opt = AdamW::new(
+        probe.vars().to_vec(),
+        AdamWParams {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        },
+    )
+    .unwrap();
+    let rollouts = rollout(&probe, &batch, &[], &p, &mut reward).unwrap();
+    let several = GrpoParams {
+        num_iterations: 4,
+        epsilon: 0.01,
+        epsilon_high: 0.01,
+        ..p
+    };
+    let stats = train_on(
+        &probe,
+        Some(&reference),
+        &mut probe_opt,
+        &rollouts,
+        1e-2,
+        &several,
+        99,
+    )
+    .unwrap();
+    assert!(stats.clip_fraction > 0.0, "{stats:?}");
     let first: f64 = means[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = means[25..].iter().sum::<f64>() / 5.0;
     assert!(

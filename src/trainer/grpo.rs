@@ -212,7 +212,8 @@ pub fn train_on(
         )?),
     };
     let device = model.device().clone();
-    for it in 0..p.num_iterations.max(1) {
+    let iterations = p.num_iterations.max(1);
+    for it in 0..iterations {
         let mut acc = GradAccumulator::new(model.vars().len());
         let (mut loss_sum, mut kl_sum, mut clipped) = (0f64, 0f64, 0f64);
         for (k, chunk) in seqs.chunks(micro).enumerate() {
@@ -257,12 +258,12 @@ pub fn train_on(
         }
         let (grads, norm) = acc.finish(model.vars(), p.max_grad_norm)?;
         opt.apply(&grads, lr)?;
-        if it == 0 {
-            stats.loss = loss_sum;
-            stats.kl = kl_sum / total as f64;
-            stats.clip_fraction = clipped / total as f64;
-            stats.grad_norm = norm;
-        }
+        // One line per rollout batch: the means over its updates (the first update's ratio is
+        // exactly 1, so its clip fraction alone would always read 0).
+        stats.loss += loss_sum / iterations as f64;
+        stats.kl += kl_sum / total as f64 / iterations as f64;
+        stats.clip_fraction += clipped / total as f64 / iterations as f64;
+        stats.grad_norm += norm / iterations as f64;
     }
     Ok(stats)
 }
