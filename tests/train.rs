@@ -375,16 +375,19 @@ fn grpo_raises_reward_on_a_toy_task() {
         max_grad_norm: 1.0,
         pad_id: tok.pad_id(),
     };
-    let mut opt = AdamW::new(
-        model.vars().to_vec(),
-        AdamWParams {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    )
-    .unwrap();
+    let adam = |m: &Decoder| {
+        AdamW::new(
+            m.vars().to_vec(),
+            AdamWParams {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.0,
+            },
+        )
+        .unwrap()
+    };
+    let mut opt = adam(&model);
     let mut reward = |_: usize, completion: &[u32]| -> anyhow::Result<f64> {
         let first = completion
             .first()
@@ -430,16 +433,7 @@ fn grpo_raises_reward_on_a_toy_task() {
         })
         .collect();
     let probe = load(Trainable::Full);
-    let mut probe_opt = AdamW::new(
-        probe.vars().to_vec(),
-        AdamWParams {
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-        },
-    )
-    .unwrap();
+    let mut probe_opt = adam(&probe);
     let rollouts = rollout(&probe, &batch, &[], &p, &mut reward).unwrap();
     let several = GrpoParams {
         num_iterations: 4,

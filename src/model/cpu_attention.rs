@@ -80,6 +80,29 @@ fn check_shapes(
     Ok((b, tq, tk, h, kvh, d))
 }
 
+/// Shape dimensions (see [`check_shapes`]) and the f32 data of q, k and v.
+type Inputs<'a> = (
+    (usize, usize, usize, usize, usize, usize),
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+);
+
+/// Checks the operands of an attention op and returns their dimensions and data.
+fn inputs<'a>(
+    (qs, ql): (&'a CpuStorage, &Layout),
+    (ks, kl): (&'a CpuStorage, &Layout),
+    (vs, vl): (&'a CpuStorage, &Layout),
+    key_mask: &[Vec<u8>],
+) -> Result<Inputs<'a>> {
+    Ok((
+        check_shapes(ql, kl, vl, key_mask)?,
+        f32_slice(qs, ql, "q")?,
+        f32_slice(ks, kl, "k")?,
+        f32_slice(vs, vl, "v")?,
+    ))
+}
+
 /// The keys a block of queries [i0, i1) may see, [k0, k1), or None when it sees none.
 fn block_keys(mask: &[u8], offset: usize, i1: usize) -> Option<(usize, usize)> {
     let k0 = mask.iter().position(|&m| m != 0)?;
@@ -189,12 +212,8 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, tq, tk, h, kvh, d) = check_shapes(ql, kl, vl, &self.key_mask)?;
-        let (q, k, v) = (
-            f32_slice(qs, ql, "q")?,
-            f32_slice(ks, kl, "k")?,
-            f32_slice(vs, vl, "v")?,
-        );
+        let ((b, tq, tk, h, kvh, d), q, k, v) =
+            inputs((qs, ql), (ks, kl), (vs, vl), &self.key_mask)?;
         let g = h / kvh;
         let offset = tk - tq;
         let scale = 1.0 / (d as f32).sqrt();
@@ -300,12 +319,8 @@ impl CustomOp3 for AttentionGrad {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (b, tq, tk, h, kvh, d) = check_shapes(ql, kl, vl, &self.key_mask)?;
-        let (q, k, v) = (
-            f32_slice(qs, ql, "q")?,
-            f32_slice(ks, kl, "k")?,
-            f32_slice(vs, vl, "v")?,
-        );
+        let ((b, tq, tk, h, kvh, d), q, k, v) =
+            inputs((qs, ql), (ks, kl), (vs, vl), &self.key_mask)?;
         let (go_storage, go_layout) = self.grad_out.storage_and_layout();
         let candle_core::Storage::Cpu(go_cpu) = &*go_storage else {
             candle_core::bail!("attention: the output gradient must be on the CPU");
