@@ -53,7 +53,7 @@ def log(*a):
 
 
 def mcq_prompt(rec):
-    """edco's `data::mcq_prompt`: optional context, question, sorted option lines, instruction."""
+    """edco's default `data.mcq_template`: optional context, question, sorted option lines, instruction."""
     s = ""
     if (rec.get("context") or "").strip():
         s += rec["context"].strip() + "\n\n"

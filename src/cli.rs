@@ -1,11 +1,12 @@
 //! The command line: clap definitions resolved once into calls on the library. Each subcommand
 //! owns its arguments; shared model options (source, dtype, device, adapter) live in [`ModelArgs`].
 
-use crate::data::load_jsonl;
+use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions, load_jsonl};
 use crate::model::config::Arch;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::load::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
+use crate::perplexity::Lengths;
 use crate::tokenizer::Message;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -171,9 +172,8 @@ pub struct GenerateArgs {
 pub struct PerplexityArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A JSON Lines dataset with reference responses.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Write the scores here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -182,18 +182,59 @@ pub struct PerplexityArgs {
     /// Longest prompt + response in tokens; prompts are cut from the left beyond it.
     #[arg(long, default_value_t = 1024)]
     pub max_length: usize,
+}
+
+/// A dataset and how to read it (the `[data]` keys of a training config of the same names).
+#[derive(Args)]
+pub struct DataArgs {
+    /// A JSON Lines dataset.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The records' shape; auto detects it per line.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
+    /// Jinja template of a multiple-choice user turn (default: the built-in one).
+    #[arg(long)]
+    pub mcq_template: Option<String>,
+    /// Jinja template of a short-answer user turn (default: the built-in one).
+    #[arg(long)]
+    pub qa_template: Option<String>,
     /// Count and skip malformed lines instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
+}
+
+impl DataArgs {
+    /// Loads the dataset, telling the user how many lines `--skip-invalid` skipped.
+    fn load(&self) -> Result<crate::data::Dataset> {
+        let templates = PromptTemplates::new(
+            self.mcq_template.as_deref().unwrap_or(MCQ_TEMPLATE),
+            self.qa_template.as_deref().unwrap_or(QA_TEMPLATE),
+        )
+        .context("--mcq-template / --qa-template")?;
+        let opts = ReadOptions {
+            format: self.format,
+            templates,
+            skip_invalid: self.skip_invalid,
+        };
+        let data = load_jsonl(&self.data, &opts)?;
+        if data.skipped > 0 {
+            eprintln!(
+                "skipped {} invalid lines of {}",
+                data.skipped,
+                self.data.display()
+            );
+        }
+        Ok(data)
+    }
 }
 
 #[derive(Args)]
 pub struct EstimateEntropyArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A JSON Lines dataset.
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub data: DataArgs,
     /// Score the first K generated tokens (EDCO's efficient estimator).
     #[arg(long, default_value_t = 128, conflicts_with_all = ["full", "teacher_forced"])]
     pub prefix_tokens: usize,
@@ -256,9 +297,6 @@ pub struct EstimateEntropyArgs {
     /// Scores file; the summary and pictures are written beside it.
     #[arg(long, default_value = "entropy_scores.jsonl")]
     pub out: PathBuf,
-    /// Count and skip malformed lines instead of failing.
-    #[arg(long)]
-    pub skip_invalid: bool,
 }
 
 #[derive(Args)]
@@ -307,6 +345,7 @@ fn run_train(a: TrainArgs) -> Result<()> {
         (None, None) => bail!("give --config FILE or --resume RUN_DIR"),
     };
     let cfg = crate::config::Config::load(&path, &a.overrides)?;
+    crate::logging::apply_config_level(&cfg.run.log_level)?;
     crate::train::run(&cfg, a.resume.as_deref(), a.dry_run)?;
     Ok(())
 }
@@ -344,16 +383,16 @@ fn run_estimate_entropy(a: EstimateEntropyArgs) -> Result<()> {
         seed: a.seed,
         batch_size: 0,
         quick_answer: (!a.no_quick_answer).then(|| a.quick_answer.clone()),
-        max_length: a.max_length,
+        lengths: Lengths::total(a.max_length),
         template_args: a.model.template_args()?,
     };
-    let data = load_reporting_skips(&a.data, a.skip_invalid)?;
+    let data = a.data.load()?;
     let mut samples = data.samples;
     if let Some(n) = a.limit {
         samples.truncate(n);
     }
     if samples.is_empty() {
-        bail!("{}: no samples to score", a.data.display());
+        bail!("{}: no samples to score", a.data.data.display());
     }
     let loaded = a.model.load()?;
     let default_batch = if loaded.model.device().is_cuda() {
@@ -383,7 +422,7 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
         .collect();
     if let Some(path) = &a.prompts_file {
         conversations.extend(
-            load_jsonl(path, false)?
+            load_jsonl(path, &ReadOptions::default())?
                 .samples
                 .into_iter()
                 .map(|s| s.messages),
@@ -453,24 +492,8 @@ fn run_generate(a: GenerateArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a dataset, telling the user how many lines `--skip-invalid` skipped.
-fn load_reporting_skips(
-    path: &std::path::Path,
-    skip_invalid: bool,
-) -> Result<crate::data::Dataset> {
-    let data = load_jsonl(path, skip_invalid)?;
-    if data.skipped > 0 {
-        eprintln!(
-            "skipped {} invalid lines of {}",
-            data.skipped,
-            path.display()
-        );
-    }
-    Ok(data)
-}
-
 fn run_perplexity(a: PerplexityArgs) -> Result<()> {
-    let data = load_reporting_skips(&a.data, a.skip_invalid)?;
+    let data = a.data.load()?;
     let loaded = a.model.load()?;
     let scores = crate::perplexity::score(
         &loaded.model,

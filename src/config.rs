@@ -2,7 +2,9 @@
 //! explicit here, `--set section.key=value` overrides applied before parsing, validated once by
 //! [`Config::load`] and trusted afterwards. Each part of the program receives its own section.
 
+use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions};
 use crate::model::lora::LoraConfig;
+use crate::perplexity::Lengths;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -72,8 +74,20 @@ pub struct DataSection {
     pub train: PathBuf,
     /// Held-out samples for evaluation; empty for none.
     pub eval: PathBuf,
-    /// Longest prompt + response in tokens for training; prompts are cut from the left.
+    /// The records' shape in both files: auto (detected per line), chat, prompt_completion or
+    /// question.
+    pub format: Format,
+    /// Jinja template of a multiple-choice user turn; sees `context`, `question` and `options`
+    /// (a list of `{letter, text}`).
+    pub mcq_template: String,
+    /// Jinja template of a short-answer user turn; sees `context` and `question`.
+    pub qa_template: String,
+    /// Longest prompt + response in tokens; prompts are cut from the left.
     pub max_length: usize,
+    /// Longest prompt in tokens, cut from the left (0: only max_length bounds it).
+    pub max_prompt_length: usize,
+    /// Longest reference response in tokens, cut at the end (0: only max_length bounds it).
+    pub max_response_length: usize,
     /// Skip (and count) malformed lines instead of failing.
     pub skip_invalid: bool,
 }
@@ -83,8 +97,35 @@ impl Default for DataSection {
         Self {
             train: PathBuf::new(),
             eval: PathBuf::new(),
+            format: Format::Auto,
+            mcq_template: MCQ_TEMPLATE.to_string(),
+            qa_template: QA_TEMPLATE.to_string(),
             max_length: 1024,
+            max_prompt_length: 0,
+            max_response_length: 0,
             skip_invalid: false,
+        }
+    }
+}
+
+impl DataSection {
+    /// How the train and eval files are read.
+    pub fn read_options(&self) -> Result<ReadOptions> {
+        Ok(ReadOptions {
+            format: self.format,
+            templates: PromptTemplates::new(&self.mcq_template, &self.qa_template)
+                .context("`data.mcq_template` / `data.qa_template`")?,
+            skip_invalid: self.skip_invalid,
+        })
+    }
+
+    /// The token limits of prompts and responses.
+    pub fn lengths(&self) -> Lengths {
+        let cap = |n: usize| if n == 0 { usize::MAX } else { n };
+        Lengths {
+            max_length: self.max_length,
+            max_prompt: cap(self.max_prompt_length),
+            max_response: cap(self.max_response_length),
         }
     }
 }
@@ -345,6 +386,9 @@ pub struct RunSection {
     pub checkpoint_every_steps: usize,
     /// Checkpoints kept; older ones are removed.
     pub keep_last: usize,
+    /// What the run logs to standard error: error, warn, info, debug or trace, or a `tracing`
+    /// filter such as `edco=debug`. `RUST_LOG`, when set, takes precedence.
+    pub log_level: String,
 }
 
 impl Default for RunSection {
@@ -354,6 +398,7 @@ impl Default for RunSection {
             seed: 0,
             checkpoint_every_steps: 0,
             keep_last: 2,
+            log_level: "warn".into(),
         }
     }
 }
@@ -465,6 +510,25 @@ impl Config {
         if self.data.max_length < 8 {
             fail("data.max_length", "must be at least 8")?;
         }
+        self.data.read_options()?;
+        if self.data.max_prompt_length >= self.data.max_length {
+            fail(
+                "data.max_prompt_length",
+                &format!(
+                    "must be below data.max_length ({}) to leave room for the response, or 0",
+                    self.data.max_length
+                ),
+            )?;
+        }
+        if self.data.max_response_length >= self.data.max_length {
+            fail(
+                "data.max_response_length",
+                &format!(
+                    "must be below data.max_length ({}) to leave room for the prompt, or 0",
+                    self.data.max_length
+                ),
+            )?;
+        }
         let e = &self.entropy;
         positive("entropy.prefix_tokens", e.prefix_tokens)?;
         positive("entropy.max_tokens", e.max_tokens)?;
@@ -531,6 +595,7 @@ impl Config {
         }
         positive("eval.batch_size", self.eval.batch_size)?;
         positive("run.keep_last", self.run.keep_last)?;
+        crate::logging::parse_filter(&self.run.log_level).context("`run.log_level`")?;
         Ok(())
     }
 

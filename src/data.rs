@@ -3,12 +3,14 @@
 //! - prompt/completion: `{"prompt": "...", "completion": "..."}` (`response` is accepted too).
 //! - question: `{"question", "options": {"A": ...}, "answer": "B"}` (multiple choice, with an
 //!   optional `context`), or `{"question", "answer"}` (short answer; `solution` is the response
-//!   when present). The prompt template is [`mcq_prompt`].
+//!   when present). The user turn is rendered by a [`PromptTemplates`] template.
 //!
-//! Every record gets an `id` (its own, or `line-N`). Bad lines name the file, line and field.
+//! [`Format::Auto`] detects the shape per line; a named format requires it of every line. Every
+//! record gets an `id` (its own, or `line-N`). Bad lines name the file, line and field.
 
 use crate::tokenizer::Message;
 use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,29 +28,128 @@ pub struct Sample {
     pub options: Option<BTreeMap<String, String>>,
 }
 
-/// The instruction that closes a multiple-choice prompt.
-pub const MCQ_INSTRUCTION: &str = "Answer with the letter of the correct option.";
+/// The record shape a file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+#[value(rename_all = "snake_case")]
+pub enum Format {
+    /// Detected per line from its fields.
+    #[default]
+    Auto,
+    Chat,
+    PromptCompletion,
+    Question,
+}
 
-/// Renders a multiple-choice item: optional context, the question, one `L. text` line per option,
-/// then [`MCQ_INSTRUCTION`].
-pub fn mcq_prompt(
-    context: Option<&str>,
-    question: &str,
-    options: &BTreeMap<String, String>,
-) -> String {
-    let mut s = String::new();
-    if let Some(c) = context.filter(|c| !c.trim().is_empty()) {
-        s.push_str(c.trim());
-        s.push_str("\n\n");
+impl Format {
+    /// The field that marks a record of this shape.
+    fn key_field(self) -> &'static str {
+        match self {
+            Format::Auto => "messages`, `prompt` or `question",
+            Format::Chat => "messages",
+            Format::PromptCompletion => "prompt",
+            Format::Question => "question",
+        }
     }
-    s.push_str(question.trim());
-    s.push_str("\n\n");
-    for (letter, text) in options {
-        s.push_str(&format!("{letter}. {}\n", text.trim()));
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Auto => "auto",
+            Format::Chat => "chat",
+            Format::PromptCompletion => "prompt_completion",
+            Format::Question => "question",
+        }
     }
-    s.push('\n');
-    s.push_str(MCQ_INSTRUCTION);
-    s
+}
+
+/// The default template of a multiple-choice user turn: optional context, the question, one
+/// `L. text` line per option, then the instruction.
+pub const MCQ_TEMPLATE: &str = "{% if context %}{{ context }}\n\n{% endif %}{{ question }}\n\n\
+{% for o in options %}{{ o.letter }}. {{ o.text }}\n{% endfor %}\n\
+Answer with the letter of the correct option.";
+
+/// The default template of a short-answer user turn: optional context, then the question.
+pub const QA_TEMPLATE: &str = "{% if context %}{{ context }}\n\n{% endif %}{{ question }}";
+
+/// The Jinja templates that render `question` records into a user turn. Both see `context` (empty
+/// when absent) and `question`, trimmed; the multiple-choice one also sees `options`, a list of
+/// `{letter, text}` in letter order.
+#[derive(Debug)]
+pub struct PromptTemplates {
+    env: minijinja::Environment<'static>,
+}
+
+impl PromptTemplates {
+    /// Compiles both templates; a syntax error names the template (`mcq` or `qa`).
+    pub fn new(mcq: &str, qa: &str) -> Result<Self> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for (name, text) in [("mcq", mcq), ("qa", qa)] {
+            env.add_template_owned(name, text.to_string())
+                .with_context(|| format!("the {name} template"))?;
+        }
+        let me = Self { env };
+        // Render a probe so that a template naming an unknown variable fails here, not per line.
+        let mut options = BTreeMap::new();
+        options.insert("A".to_string(), "x".to_string());
+        me.mcq(Some("c"), "q", &options)?;
+        me.qa(Some("c"), "q")?;
+        Ok(me)
+    }
+
+    fn render(&self, name: &str, ctx: serde_json::Value) -> Result<String> {
+        self.env
+            .get_template(name)?
+            .render(minijinja::value::Value::from(minijinja::value::Serde(&ctx)))
+            .with_context(|| format!("rendering the {name} template"))
+    }
+
+    /// A multiple-choice user turn.
+    pub fn mcq(
+        &self,
+        context: Option<&str>,
+        question: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        let options: Vec<Value> = options
+            .iter()
+            .map(|(l, t)| serde_json::json!({"letter": l, "text": t.trim()}))
+            .collect();
+        self.render(
+            "mcq",
+            serde_json::json!({
+                "context": context.unwrap_or("").trim(),
+                "question": question.trim(),
+                "options": options,
+            }),
+        )
+    }
+
+    /// A short-answer user turn.
+    pub fn qa(&self, context: Option<&str>, question: &str) -> Result<String> {
+        self.render(
+            "qa",
+            serde_json::json!({
+                "context": context.unwrap_or("").trim(),
+                "question": question.trim(),
+            }),
+        )
+    }
+}
+
+impl Default for PromptTemplates {
+    fn default() -> Self {
+        Self::new(MCQ_TEMPLATE, QA_TEMPLATE).expect("the default templates compile")
+    }
+}
+
+/// How a file is read.
+#[derive(Debug, Default)]
+pub struct ReadOptions {
+    pub format: Format,
+    pub templates: PromptTemplates,
+    /// Skip (and count) malformed lines instead of failing.
+    pub skip_invalid: bool,
 }
 
 fn str_field<'a>(obj: &'a serde_json::Map<String, Value>, key: &str) -> Result<Option<&'a str>> {
@@ -70,8 +171,13 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Parses one JSON line; `line_no` is 1-based and names the default id.
+/// Parses one JSON line with the default options; `line_no` is 1-based and names the default id.
 pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
+    parse_record_with(text, line_no, &ReadOptions::default())
+}
+
+/// Parses one JSON line as `opts` say.
+pub fn parse_record_with(text: &str, line_no: usize, opts: &ReadOptions) -> Result<Sample> {
     let value: Value = serde_json::from_str(text).context("not valid JSON")?;
     let Value::Object(obj) = value else {
         bail!("expected a JSON object, got {}", kind(&value));
@@ -85,6 +191,26 @@ pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
             kind(other)
         ),
     };
+    let shape = if obj.contains_key("messages") {
+        Some(Format::Chat)
+    } else if obj.contains_key("prompt") {
+        Some(Format::PromptCompletion)
+    } else if obj.contains_key("question") {
+        Some(Format::Question)
+    } else {
+        None
+    };
+    if opts.format != Format::Auto && shape != Some(opts.format) {
+        bail!(
+            "field `{}` is missing (data.format = {}{})",
+            opts.format.key_field(),
+            opts.format.name(),
+            shape.map_or(String::new(), |s| format!(
+                "; the line is a {} record",
+                s.name()
+            ))
+        );
+    }
     if let Some(messages) = obj.get("messages") {
         let Value::Array(items) = messages else {
             bail!("field `messages`: expected a list, got {}", kind(messages));
@@ -136,20 +262,14 @@ pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
         return match obj.get("options") {
             None | Some(Value::Null) => Ok(Sample {
                 id,
-                messages: vec![Message::new(
-                    "user",
-                    &match context.filter(|c| !c.trim().is_empty()) {
-                        Some(c) => format!("{}\n\n{}", c.trim(), question.trim()),
-                        None => question.to_string(),
-                    },
-                )],
+                messages: vec![Message::new("user", &opts.templates.qa(context, question)?)],
                 response: Some(str_field(&obj, "solution")?.map_or(answer.clone(), str::to_string)),
                 answer: Some(answer),
                 options: None,
             }),
-            Some(Value::Object(opts)) => {
+            Some(Value::Object(given)) => {
                 let mut options = BTreeMap::new();
-                for (k, v) in opts {
+                for (k, v) in given {
                     let text = v
                         .as_str()
                         .with_context(|| format!("field `options.{k}`: expected a string"))?;
@@ -166,7 +286,7 @@ pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
                     id,
                     messages: vec![Message::new(
                         "user",
-                        &mcq_prompt(context, question, &options),
+                        &opts.templates.mcq(context, question, &options)?,
                     )],
                     response: Some(response),
                     answer: Some(answer),
@@ -191,7 +311,7 @@ pub struct Dataset {
 
 /// Reads a JSON Lines file. Blank lines are ignored; a bad line fails the load with its file and
 /// line number, or is counted and skipped when `skip_invalid` is set. Ids must be unique.
-pub fn load_jsonl(path: &Path, skip_invalid: bool) -> Result<Dataset> {
+pub fn load_jsonl(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut samples = Vec::new();
@@ -202,7 +322,7 @@ pub fn load_jsonl(path: &Path, skip_invalid: bool) -> Result<Dataset> {
         if line.trim().is_empty() {
             continue;
         }
-        match parse_record(line, line_no) {
+        match parse_record_with(line, line_no, opts) {
             Ok(s) => {
                 if let Some(first) = seen.insert(s.id.clone(), line_no) {
                     bail!(
@@ -213,7 +333,7 @@ pub fn load_jsonl(path: &Path, skip_invalid: bool) -> Result<Dataset> {
                 }
                 samples.push(s);
             }
-            Err(e) if skip_invalid => {
+            Err(e) if opts.skip_invalid => {
                 tracing::warn!("{}:{line_no}: skipped: {e:#}", path.display());
                 skipped += 1;
             }
@@ -263,16 +383,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.jsonl");
         std::fs::write(&p, "{\"prompt\":\"a\"}\n\n{\"question\":\"q\",\"options\":{\"A\":\"x\"},\"answer\":\"C\"}\n").unwrap();
-        let e = load_jsonl(&p, false).err().unwrap();
+        let strict = ReadOptions::default();
+        let e = load_jsonl(&p, &strict).err().unwrap();
         let msg = format!("{e:#}");
         assert!(
             msg.contains("d.jsonl:3") && msg.contains("field `answer`"),
             "{msg}"
         );
-        let ok = load_jsonl(&p, true).unwrap();
+        let lenient = ReadOptions {
+            skip_invalid: true,
+            ..Default::default()
+        };
+        let ok = load_jsonl(&p, &lenient).unwrap();
         assert_eq!((ok.samples.len(), ok.skipped), (1, 1));
         std::fs::write(&p, "{\"prompt\":1}\n").unwrap();
-        let msg = format!("{:#}", load_jsonl(&p, false).err().unwrap());
+        let msg = format!("{:#}", load_jsonl(&p, &strict).err().unwrap());
         assert!(
             msg.contains("d.jsonl:1") && msg.contains("field `prompt`: expected a string"),
             "{msg}"
@@ -282,10 +407,63 @@ mod tests {
             "{\"id\":\"x\",\"prompt\":\"a\"}\n{\"id\":\"x\",\"prompt\":\"b\"}\n",
         )
         .unwrap();
-        let msg = format!("{:#}", load_jsonl(&p, false).err().unwrap());
+        let msg = format!("{:#}", load_jsonl(&p, &strict).err().unwrap());
         assert!(
             msg.contains("d.jsonl:2") && msg.contains("repeats the id of line 1"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn a_named_format_refuses_other_shapes() {
+        let opts = |format| ReadOptions {
+            format,
+            ..Default::default()
+        };
+        let line = r#"{"prompt":"p","completion":"c"}"#;
+        assert!(parse_record_with(line, 1, &opts(Format::PromptCompletion)).is_ok());
+        let msg = format!(
+            "{:#}",
+            parse_record_with(line, 1, &opts(Format::Question)).unwrap_err()
+        );
+        assert!(
+            msg.contains("field `question` is missing (data.format = question; the line is a prompt_completion record)"),
+            "{msg}"
+        );
+        let msg = format!(
+            "{:#}",
+            parse_record_with(r#"{"text":"t"}"#, 1, &opts(Format::Chat)).unwrap_err()
+        );
+        assert!(msg.contains("field `messages` is missing"), "{msg}");
+    }
+
+    #[test]
+    fn templates_render_questions() {
+        let opts = ReadOptions {
+            templates: PromptTemplates::new(
+                "Q: {{ question }}\n{% for o in options %}({{ o.letter }}) {{ o.text }}\n{% endfor %}Letter:",
+                "{{ context }} | {{ question }}",
+            )
+            .unwrap(),
+            ..Default::default()
+        };
+        let mcq = parse_record_with(
+            r#"{"question":" Q? ","options":{"B":"y ","A":"x"},"answer":"A"}"#,
+            1,
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(mcq.messages[0].content, "Q: Q?\n(A) x\n(B) y\nLetter:");
+        assert_eq!(mcq.response.as_deref(), Some("A. x"));
+        let qa =
+            parse_record_with(r#"{"question":"q","context":"c","answer":"4"}"#, 1, &opts).unwrap();
+        assert_eq!(qa.messages[0].content, "c | q");
+        // The default short-answer template: context, a blank line, the question.
+        let qa = parse_record(r#"{"question":"q ","context":" c","answer":"4"}"#, 1).unwrap();
+        assert_eq!(qa.messages[0].content, "c\n\nq");
+        let e = PromptTemplates::new("{{ question }", QA_TEMPLATE).unwrap_err();
+        assert!(format!("{e:#}").contains("the mcq template"), "{e:#}");
+        let e = PromptTemplates::new(MCQ_TEMPLATE, "{{ questoin }}").unwrap_err();
+        assert!(format!("{e:#}").contains("the qa template"), "{e:#}");
     }
 }

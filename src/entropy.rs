@@ -11,7 +11,7 @@ use crate::data::Sample;
 use crate::model::Decoder;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
-use crate::perplexity::{Tokenized, response_logits, tokenize_pair};
+use crate::perplexity::{Lengths, Tokenized, response_logits, tokenize_pair};
 use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Context, Result, bail};
 use candle_core::D;
@@ -67,8 +67,9 @@ pub struct EntropyConfig {
     /// Prompts per generation batch (each carries `samples_per_prompt` rows).
     pub batch_size: usize,
     pub quick_answer: Option<String>,
-    /// Longest prompt (teacher-forced: prompt + answer) in tokens; prompts are cut from the left.
-    pub max_length: usize,
+    /// Token limits: generation uses the prompt's, teacher forcing the pair's. Prompts are cut
+    /// from the left.
+    pub lengths: Lengths,
     pub template_args: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -86,7 +87,7 @@ impl Default for EntropyConfig {
             seed: 0,
             batch_size: 16,
             quick_answer: Some(QUICK_ANSWER.to_string()),
-            max_length: 2048,
+            lengths: Lengths::total(2048),
             template_args: Default::default(),
         }
     }
@@ -102,7 +103,7 @@ pub struct SampleEntropy {
     pub entropies: Vec<Vec<f32>>,
     /// Per completion, whether it ended with EOS (teacher-forced: always true).
     pub eos: Vec<bool>,
-    /// Prompt tokens cut from the left to fit `max_length` (and the model's context).
+    /// Prompt tokens cut from the left to fit the prompt limit (and the model's context).
     pub prompt_cut: usize,
 }
 
@@ -171,7 +172,8 @@ fn generated(
 ) -> Result<Vec<SampleEntropy>> {
     // Room for the prompt: the configured limit, within the model's context after generation.
     let limit = cfg
-        .max_length
+        .lengths
+        .prompt_limit()
         .min(
             model
                 .config
@@ -243,10 +245,10 @@ fn teacher_forced(
     cfg: &EntropyConfig,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<SampleEntropy>> {
-    let limit = cfg.max_length.min(model.config.max_position_embeddings);
+    let lengths = cfg.lengths.within(model.config.max_position_embeddings);
     let pairs: Vec<Tokenized> = samples
         .par_iter()
-        .map(|s| tokenize_pair(tok, s, &cfg.template_args, limit))
+        .map(|s| tokenize_pair(tok, s, &cfg.template_args, lengths))
         .collect::<Result<_>>()?;
     let mut order: Vec<usize> = (0..samples.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(pairs[i].prompt.len() + pairs[i].response.len()));

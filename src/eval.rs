@@ -7,7 +7,7 @@ use crate::data::Sample;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
 use crate::model::{Batch, Decoder};
-use crate::perplexity::score;
+use crate::perplexity::{Lengths, score};
 use crate::reward::is_correct;
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
@@ -39,7 +39,7 @@ pub struct Evaluator<'a> {
     pub tok: &'a Tokenizer,
     pub eos_token_ids: &'a [u32],
     pub template_args: &'a serde_json::Map<String, serde_json::Value>,
-    pub max_length: usize,
+    pub lengths: Lengths,
 }
 
 impl Evaluator<'_> {
@@ -77,7 +77,7 @@ impl Evaluator<'_> {
                     self.tok,
                     &with_response,
                     self.template_args,
-                    self.max_length,
+                    self.lengths,
                     cfg.batch_size,
                 )?;
                 let tokens: usize = scores.iter().map(|s| s.tokens).sum();
@@ -96,8 +96,9 @@ impl Evaluator<'_> {
             .tok
             .encode_chat(&s.messages, self.template_args)
             .with_context(|| format!("sample `{}`", s.id))?;
-        if ids.len() > self.max_length {
-            ids.drain(..ids.len() - self.max_length);
+        let limit = self.lengths.prompt_limit();
+        if ids.len() > limit {
+            ids.drain(..ids.len() - limit);
         }
         Ok(ids)
     }

@@ -10,6 +10,7 @@ pub mod data;
 pub mod entropy;
 pub mod eval;
 pub mod init_model;
+pub mod logging;
 pub mod model;
 pub mod perplexity;
 pub mod plot;

@@ -23,14 +23,61 @@ pub struct Tokenized {
     pub response_cut: usize,
 }
 
-/// Chat-formats the prompt and appends the EOS token to the response, truncating the prompt
-/// from the left when the pair exceeds `max_length`.
+/// Token limits of a prompt + response pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lengths {
+    /// Prompt and response together.
+    pub max_length: usize,
+    /// The prompt alone; longer prompts are cut from the left.
+    pub max_prompt: usize,
+    /// The response alone; longer responses are cut at the end.
+    pub max_response: usize,
+}
+
+impl Lengths {
+    /// Limits that cap only the pair.
+    pub fn total(max_length: usize) -> Self {
+        Self {
+            max_length,
+            max_prompt: usize::MAX,
+            max_response: usize::MAX,
+        }
+    }
+
+    /// The longest prompt when there is no response (generation, scoring).
+    pub fn prompt_limit(&self) -> usize {
+        self.max_length.min(self.max_prompt)
+    }
+
+    /// The same limits within a context of `n` tokens.
+    pub fn within(self, n: usize) -> Self {
+        Self {
+            max_length: self.max_length.min(n),
+            ..self
+        }
+    }
+}
+
+impl From<usize> for Lengths {
+    fn from(max_length: usize) -> Self {
+        Self::total(max_length)
+    }
+}
+
+/// Chat-formats the prompt and appends the EOS token to the response. A response longer than
+/// `max_response` (or than the pair's limit less one prompt token) is cut at the end; then the
+/// prompt is cut from the left to `max_prompt` and to what the pair's limit leaves it.
 pub fn tokenize_pair(
     tok: &Tokenizer,
     sample: &Sample,
     template_args: &serde_json::Map<String, serde_json::Value>,
-    max_length: usize,
+    lengths: impl Into<Lengths>,
 ) -> Result<Tokenized> {
+    let Lengths {
+        max_length,
+        max_prompt,
+        max_response,
+    } = lengths.into();
     let response = sample
         .response
         .as_deref()
@@ -42,10 +89,10 @@ pub fn tokenize_pair(
     if let Some(eos) = tok.meta.eos_token.as_deref().and_then(|t| tok.token_id(t)) {
         response.push(eos);
     }
-    let keep = max_length.saturating_sub(1).max(1);
+    let keep = max_length.saturating_sub(1).max(1).min(max_response);
     let response_cut = response.len().saturating_sub(keep);
     response.truncate(keep);
-    let room = max_length.saturating_sub(response.len());
+    let room = max_length.saturating_sub(response.len()).min(max_prompt);
     let cut = prompt.len().saturating_sub(room);
     prompt.drain(..cut);
     if prompt.is_empty() {
@@ -141,16 +188,16 @@ pub fn score(
     tok: &Tokenizer,
     samples: &[Sample],
     template_args: &serde_json::Map<String, serde_json::Value>,
-    max_length: usize,
+    lengths: impl Into<Lengths>,
     batch_size: usize,
 ) -> Result<Vec<Score>> {
+    let lengths = lengths.into().within(model.config.max_position_embeddings);
     let pad = tok.pad_id();
     let mut out = Vec::with_capacity(samples.len());
     for chunk in samples.chunks(batch_size.max(1)) {
-        let limit = max_length.min(model.config.max_position_embeddings);
         let pairs = chunk
             .iter()
-            .map(|s| tokenize_pair(tok, s, template_args, limit))
+            .map(|s| tokenize_pair(tok, s, template_args, lengths))
             .collect::<Result<Vec<_>>>()?;
         let lps = response_log_probs(model, &pairs, pad, Mode::Eval)?;
         for (s, lp) in chunk.iter().zip(lps) {

@@ -102,7 +102,7 @@ fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
         seed: mix_seed(&[SCORE_SEED_TAG, cfg.run.seed, round as u64]),
         batch_size: e.batch_size,
         quick_answer: (!e.quick_answer.is_empty()).then(|| e.quick_answer.clone()),
-        max_length: cfg.data.max_length,
+        lengths: cfg.data.lengths(),
         template_args: cfg.template_args(),
     }
 }
@@ -195,7 +195,8 @@ fn eval_json(r: &EvalReport) -> serde_json::Value {
 
 /// Runs (or resumes) training as configured; returns the run directory.
 pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf> {
-    let pool_data = load_jsonl(&cfg.data.train, cfg.data.skip_invalid)?;
+    let read = cfg.data.read_options()?;
+    let pool_data = load_jsonl(&cfg.data.train, &read)?;
     let pool: Vec<Sample> = pool_data.samples;
     if pool.is_empty() {
         bail!("{}: the training pool is empty", cfg.data.train.display());
@@ -223,7 +224,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let eval: Vec<Sample> = if cfg.data.eval.as_os_str().is_empty() {
         Vec::new()
     } else {
-        load_jsonl(&cfg.data.eval, cfg.data.skip_invalid)?.samples
+        load_jsonl(&cfg.data.eval, &read)?.samples
     };
     if cfg.curriculum.select_n > pool.len() {
         bail!(
@@ -277,20 +278,20 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let template_args = cfg.template_args();
     // SFT trains on prompt + reference; GRPO needs the prompts only. Over-long prompts are cut
-    // from the left, and the run says how many.
-    let limit = cfg
+    // from the left and over-long responses at the end, and the run says how many.
+    let lengths = cfg
         .data
-        .max_length
-        .min(model.config.max_position_embeddings);
+        .lengths()
+        .within(model.config.max_position_embeddings);
     let pairs: Vec<Tokenized> = pool
         .par_iter()
         .map(|s| match cfg.method {
-            Method::Sft => tokenize_pair(tok, s, &template_args, limit),
+            Method::Sft => tokenize_pair(tok, s, &template_args, lengths),
             Method::Grpo => {
                 let mut prompt = tok
                     .encode_chat(&s.messages, &template_args)
                     .with_context(|| format!("sample `{}`", s.id))?;
-                let cut = prompt.len().saturating_sub(limit);
+                let cut = prompt.len().saturating_sub(lengths.prompt_limit());
                 prompt.drain(..cut);
                 Ok(Tokenized {
                     prompt,
@@ -303,14 +304,17 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let response_cut = pairs.iter().filter(|p| p.response_cut > 0).count();
     if response_cut > 0 {
         eprintln!(
-            "warning: {response_cut} reference responses alone exceed {limit} tokens (data.max_length) and were cut at the end"
+            "warning: {response_cut} of {} reference responses were cut at the end to {} tokens (data.max_response_length, data.max_length)",
+            pairs.len(),
+            lengths.max_response.min(lengths.max_length - 1)
         );
     }
     let cut = pairs.iter().filter(|p| p.cut > 0).count();
     if cut > 0 {
         eprintln!(
-            "warning: {cut} of {} samples were cut from the left to {limit} tokens (data.max_length)",
-            pairs.len()
+            "warning: {cut} of {} prompts were cut from the left to fit {} tokens (data.max_prompt_length, data.max_length)",
+            pairs.len(),
+            lengths.prompt_limit()
         );
     }
     let s = &cfg.sft;
@@ -377,7 +381,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         tok,
         eos_token_ids: &loaded.eos_token_ids,
         template_args: &template_args,
-        max_length: cfg.data.max_length,
+        lengths: cfg.data.lengths(),
     };
 
     let (mut state, mut metrics) = match resumed {
@@ -425,14 +429,20 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     // Checkpoints record how many metrics lines belong to them, so a resume can drop the rest.
     let save = |state: &mut TrainState, metrics: &Metrics, opt: &AdamW| -> Result<PathBuf> {
         state.metrics_lines = metrics.lines;
-        checkpoint::save(
+        let dir = checkpoint::save(
             &run_dir,
             &loaded,
             &cfg.model.source,
             opt,
             state,
             cfg.run.keep_last,
-        )
+        )?;
+        tracing::info!(
+            step = state.global_step,
+            "checkpoint written to {}",
+            dir.display()
+        );
+        Ok(dir)
     };
     let first_round = if state.step_in_round.is_some() {
         state.round
@@ -453,7 +463,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         tok,
                         &subset,
                         &template_args,
-                        cfg.data.max_length,
+                        cfg.data.lengths(),
                         cfg.eval.batch_size,
                     )?
                     .iter()
@@ -497,6 +507,12 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             )?;
             score_seconds = t.elapsed().as_secs_f64();
             state.score_seconds += score_seconds;
+            tracing::info!(
+                round,
+                selected = state.picks.len(),
+                seconds = score_seconds,
+                "curriculum written"
+            );
             state.round = round;
             state.step_in_round = Some(0);
             if reset_optimizer {
@@ -623,6 +639,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                 tokens / secs.max(1e-9)
             ));
             let finite = line["loss"].as_f64().is_some_and(f64::is_finite);
+            tracing::debug!("{line}");
             metrics.log(line)?;
             if !finite {
                 // The update is already poisoned; stop before anything overwrites a checkpoint.

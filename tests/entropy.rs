@@ -8,6 +8,7 @@ use common::fixture_with_tokenizer;
 use edco::data::{Sample, parse_record};
 use edco::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
 use edco::model::load::{LoadOptions, Loaded, load};
+use edco::perplexity::Lengths;
 
 fn setup() -> (tempfile::TempDir, Loaded, Vec<Sample>) {
     let dir = fixture_with_tokenizer("tiny-qwen3");
@@ -206,7 +207,7 @@ fn long_prompts_are_cut_and_reported() {
     let (_d, m, samples) = setup();
     let cfg = EntropyConfig {
         horizon: Horizon::Prefix(4),
-        max_length: 40,
+        lengths: Lengths::total(40),
         ..Default::default()
     };
     let scores = run(&m, &samples, &cfg);
@@ -227,7 +228,7 @@ fn long_prompts_are_cut_and_reported() {
         &samples,
         &EntropyConfig {
             quick_answer: None,
-            max_length: 40,
+            lengths: Lengths::total(40),
             ..cfg
         },
     );

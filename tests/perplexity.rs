@@ -10,7 +10,7 @@ use edco::model::Batch;
 use edco::model::config::Arch;
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
-use edco::perplexity::{score, tokenize_pair};
+use edco::perplexity::{Lengths, score, tokenize_pair};
 
 #[test]
 fn batched_scores_equal_hand_computed_ones() {
@@ -86,4 +86,16 @@ fn long_pairs_are_cut_from_the_prompt_side() {
     let pair = tokenize_pair(&m.tokenizer, &s, &Default::default(), 64).unwrap();
     assert_eq!(pair.prompt.len() + pair.response.len(), 64);
     assert_eq!(pair.response.len(), 3);
+    let full_prompt = pair.prompt.len() + pair.cut;
+    // Separate caps: the prompt keeps its last 20 tokens, the response its first 2 (of "ok" and
+    // EOS), and the pair's limit is not reached.
+    let lengths = Lengths {
+        max_length: 64,
+        max_prompt: 20,
+        max_response: 2,
+    };
+    let capped = tokenize_pair(&m.tokenizer, &s, &Default::default(), lengths).unwrap();
+    assert_eq!(capped.prompt, pair.prompt[pair.prompt.len() - 20..]);
+    assert_eq!(capped.response, pair.response[..2]);
+    assert_eq!((capped.cut, capped.response_cut), (full_prompt - 20, 1));
 }

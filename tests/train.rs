@@ -487,6 +487,36 @@ fn bad_settings_are_refused_by_name() {
             "curriculum.select_fraction",
         ),
         ("max_length = 256", "max_length = \"long\"", "line"),
+        (
+            "max_length = 256",
+            "max_length = 256\nmax_prompt_length = 256",
+            "data.max_prompt_length",
+        ),
+        (
+            "max_length = 256",
+            "max_length = 256\nmax_response_length = 300",
+            "data.max_response_length",
+        ),
+        (
+            "max_length = 256",
+            "max_length = 256\nformat = \"csv\"",
+            "format",
+        ),
+        (
+            "max_length = 256",
+            "max_length = 256\nmcq_template = \"{{ question \"",
+            "data.mcq_template",
+        ),
+        (
+            "max_length = 256",
+            "max_length = 256\nqa_template = \"{{ query }}\"",
+            "data.qa_template",
+        ),
+        (
+            "seed = 3",
+            "seed = 3\nlog_level = \"loud\"",
+            "run.log_level",
+        ),
     ];
     for (from, to, expected) in cases {
         assert!(text.contains(from), "{from}");
@@ -499,6 +529,56 @@ fn bad_settings_are_refused_by_name() {
     let msg = format!("{:#}", edco::train::run(&cfg, None, false).unwrap_err());
     assert!(msg.contains("missing.jsonl"), "{msg}");
     assert!(!dir.path().join("run").exists());
+}
+
+/// The `[data]` settings reach what the model sees, and `run.log_level` what the run prints: a
+/// prompt cap cuts every default-template prompt and none of a terse template's, a named format
+/// refuses the other shapes by file, line and field, and `info` shows the checkpoints.
+#[test]
+fn data_settings_and_the_log_level_apply() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(model.path(), dir.path(), "").replace("rounds = 2", "rounds = 1");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let train = |out: &str, sets: &[&str]| {
+        let mut args = vec!["train", "--config", cfg.to_str().unwrap(), "--set"];
+        let out = format!("run.output_dir={}", dir.path().join(out).display());
+        args.push(&out);
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        let o = edco_under("true", &args);
+        let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+        (o.status.success(), stderr)
+    };
+    let (ok, stderr) = train("default", &["data.max_prompt_length=100"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("16 of 16 prompts were cut from the left to fit 100 tokens"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("INFO"), "{stderr}");
+    let (ok, stderr) = train(
+        "terse",
+        &[
+            "data.max_prompt_length=100",
+            "data.mcq_template=\"{{ question }}\"",
+            "run.log_level=info",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("prompts were cut"), "{stderr}");
+    assert!(
+        stderr.contains("INFO") && stderr.contains("checkpoint written to"),
+        "{stderr}"
+    );
+    let (ok, stderr) = train("chat", &["data.format=chat"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("train.jsonl:1") && stderr.contains("field `messages` is missing"),
+        "{stderr}"
+    );
 }
 
 /// Runs the `edco` binary with a shell prelude (to limit the file size, say).
