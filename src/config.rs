@@ -5,6 +5,7 @@
 use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions};
 use crate::model::lora::LoraConfig;
 use crate::perplexity::Lengths;
+use crate::reward::Rule;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -88,6 +89,9 @@ pub struct DataSection {
     pub max_prompt_length: usize,
     /// Longest reference response in tokens, cut at the end (0: only max_length bounds it).
     pub max_response_length: usize,
+    /// How a reply is checked against an item's `answer`, for GRPO rewards and eval accuracy:
+    /// auto, choice, yes_no, numeric or exact.
+    pub answer_check: Rule,
     /// Skip (and count) malformed lines instead of failing.
     pub skip_invalid: bool,
 }
@@ -103,6 +107,7 @@ impl Default for DataSection {
             max_length: 1024,
             max_prompt_length: 0,
             max_response_length: 0,
+            answer_check: Rule::Auto,
             skip_invalid: false,
         }
     }
@@ -293,7 +298,9 @@ pub struct GrpoSection {
     pub prompts_per_step: usize,
     /// Optimizer steps per round; prompts cycle through the round's selection.
     pub steps_per_round: usize,
-    pub max_new_tokens: usize,
+    /// Longest completion in tokens (the rollout's generation cap).
+    #[serde(alias = "max_new_tokens")]
+    pub max_completion_length: usize,
     pub temperature: f64,
     pub top_p: f64,
     pub top_k: usize,
@@ -325,7 +332,7 @@ impl Default for GrpoSection {
             num_generations: 8,
             prompts_per_step: 8,
             steps_per_round: 100,
-            max_new_tokens: 256,
+            max_completion_length: 256,
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
@@ -501,6 +508,16 @@ impl Config {
         if !matches!(self.model.dtype.as_str(), "f32" | "bf16") {
             fail("model.dtype", "expected f32 or bf16")?;
         }
+        let d = self.model.device.as_str();
+        let cuda_n = d
+            .strip_prefix("cuda:")
+            .is_some_and(|n| n.parse::<usize>().is_ok());
+        if !(d == "cpu" || d == "cuda" || cuda_n) {
+            fail(
+                "model.device",
+                &format!("expected cpu, cuda or cuda:N, got `{d}`"),
+            )?;
+        }
         if self.model.finetune == Finetune::Lora {
             self.model.lora.validate().context("`model.lora`")?;
         }
@@ -574,7 +591,7 @@ impl Config {
             }
             positive("grpo.prompts_per_step", g.prompts_per_step)?;
             positive("grpo.steps_per_round", g.steps_per_round)?;
-            positive("grpo.max_new_tokens", g.max_new_tokens)?;
+            positive("grpo.max_completion_length", g.max_completion_length)?;
             positive("grpo.micro_batch", g.micro_batch)?;
             positive("grpo.num_iterations", g.num_iterations)?;
             rates("grpo", g.learning_rate, g.min_learning_rate)?;

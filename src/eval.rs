@@ -8,7 +8,7 @@ use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
 use crate::model::{Batch, Decoder};
 use crate::perplexity::{Lengths, score};
-use crate::reward::is_correct;
+use crate::reward::{Rule, check};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use candle_core::{D, DType, IndexOp};
@@ -40,6 +40,8 @@ pub struct Evaluator<'a> {
     pub eos_token_ids: &'a [u32],
     pub template_args: &'a serde_json::Map<String, serde_json::Value>,
     pub lengths: Lengths,
+    /// How replies are checked for generation accuracy.
+    pub answer_check: Rule,
 }
 
 impl Evaluator<'_> {
@@ -106,7 +108,7 @@ impl Evaluator<'_> {
     fn generation_accuracy(&self, samples: &[Sample], cfg: &EvalSection) -> Result<Option<f64>> {
         let gradable: Vec<&Sample> = samples
             .iter()
-            .filter(|s| is_correct(s, "").is_some())
+            .filter(|s| check(self.answer_check, s, "").is_some())
             .collect();
         if gradable.is_empty() {
             return Ok(None);
@@ -132,7 +134,7 @@ impl Evaluator<'_> {
                 .collect::<Result<Vec<_>>>()?;
             for (s, g) in chunk.iter().zip(generate(self.model, &prompts, &opts)?) {
                 let reply = self.tok.decode(&g.tokens, true)?;
-                correct += usize::from(is_correct(s, &reply) == Some(true));
+                correct += usize::from(check(self.answer_check, s, &reply) == Some(true));
             }
         }
         Ok(Some(correct as f64 / gradable.len() as f64))

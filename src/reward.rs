@@ -1,5 +1,6 @@
 //! Rule-based answer checking for verifiable items, shared by evaluation and GRPO rewards.
-//! Extraction, in order:
+//! [`Rule::Auto`] picks the rule from the sample, in this order (a named rule applies its
+//! check to every sample, and a sample it cannot check has no verifiable answer):
 //! - multiple choice (the sample has options): an explicit "answer is X" / "answer: X"; else a
 //!   letter that opens the reply (`B`, `B.`, `(B)`, `B)`); else the first standalone option
 //!   letter anywhere; letters are matched case-sensitively against the option keys;
@@ -9,6 +10,25 @@
 //! - otherwise: exact match after trimming, case-insensitive.
 
 use crate::data::Sample;
+use serde::{Deserialize, Serialize};
+
+/// How a reply is checked against a sample's answer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    /// Chosen per sample: choice with options, yes/no for yes/no/maybe answers, numeric for
+    /// numbers, exact otherwise.
+    #[default]
+    Auto,
+    /// The option letter (samples with options only).
+    Choice,
+    /// The first yes, no or maybe.
+    YesNo,
+    /// The last number, within a relative 1e-6.
+    Numeric,
+    /// The whole reply, trimmed, case-insensitive.
+    Exact,
+}
 
 fn is_letter_at(chars: &[char], i: usize, letters: &[String]) -> Option<String> {
     let c = *chars.get(i)?;
@@ -78,24 +98,45 @@ fn first_yes_no(reply: &str) -> Option<&'static str> {
         })
 }
 
-/// Whether `reply` answers `sample` correctly; None when the sample has no verifiable answer.
+/// Whether `reply` answers `sample` correctly under the automatic rule; None when the sample has
+/// no verifiable answer.
 pub fn is_correct(sample: &Sample, reply: &str) -> Option<bool> {
+    check(Rule::Auto, sample, reply)
+}
+
+/// Whether `reply` answers `sample` correctly under `rule`; None when the sample has no answer
+/// the rule can check.
+pub fn check(rule: Rule, sample: &Sample, reply: &str) -> Option<bool> {
     let answer = sample.answer.as_deref()?.trim();
-    if let Some(options) = &sample.options {
-        let letters: Vec<String> = options.keys().cloned().collect();
-        return Some(extract_choice(reply, &letters).as_deref() == Some(answer));
-    }
     let lower = answer.to_lowercase();
-    if matches!(lower.as_str(), "yes" | "no" | "maybe") {
-        return Some(first_yes_no(reply) == Some(lower.as_str()));
+    let number = answer.replace(',', "").parse::<f64>().ok();
+    let rule = match rule {
+        Rule::Auto if sample.options.is_some() => Rule::Choice,
+        Rule::Auto if matches!(lower.as_str(), "yes" | "no" | "maybe") => Rule::YesNo,
+        Rule::Auto if number.is_some() => Rule::Numeric,
+        Rule::Auto => Rule::Exact,
+        named => named,
+    };
+    match rule {
+        Rule::Choice => {
+            let letters: Vec<String> = sample.options.as_ref()?.keys().cloned().collect();
+            Some(extract_choice(reply, &letters).as_deref() == Some(answer))
+        }
+        Rule::YesNo => {
+            if !matches!(lower.as_str(), "yes" | "no" | "maybe") {
+                return None;
+            }
+            Some(first_yes_no(reply) == Some(lower.as_str()))
+        }
+        Rule::Numeric => {
+            let expected = number?;
+            Some(
+                extract_number(reply)
+                    .is_some_and(|v| (v - expected).abs() <= 1e-6 * expected.abs().max(1.0)),
+            )
+        }
+        Rule::Exact | Rule::Auto => Some(reply.trim().eq_ignore_ascii_case(answer)),
     }
-    if let Ok(expected) = answer.replace(',', "").parse::<f64>() {
-        return Some(
-            extract_number(reply)
-                .is_some_and(|v| (v - expected).abs() <= 1e-6 * expected.abs().max(1.0)),
-        );
-    }
-    Some(reply.trim().eq_ignore_ascii_case(answer))
 }
 
 #[cfg(test)]
@@ -165,5 +206,18 @@ mod tests {
         assert_eq!(is_correct(&yn, "Yes."), Some(true));
         let free = crate::data::parse_record(r#"{"prompt":"p","completion":"c"}"#, 1).unwrap();
         assert_eq!(is_correct(&free, "c"), None);
+    }
+
+    #[test]
+    fn a_named_rule_checks_every_sample_its_way() {
+        let num = crate::data::parse_record(r#"{"question":"q","answer":"42"}"#, 1).unwrap();
+        assert_eq!(check(Rule::Numeric, &num, "so, 42."), Some(true));
+        assert_eq!(check(Rule::Exact, &num, "so, 42."), Some(false));
+        assert_eq!(check(Rule::Exact, &num, " 42 "), Some(true));
+        assert_eq!(check(Rule::Choice, &num, "A"), None);
+        assert_eq!(check(Rule::YesNo, &num, "yes"), None);
+        let word = crate::data::parse_record(r#"{"question":"q","answer":"aspirin"}"#, 1).unwrap();
+        assert_eq!(check(Rule::Numeric, &word, "1"), None);
+        assert_eq!(check(Rule::Auto, &word, "Aspirin"), Some(true));
     }
 }

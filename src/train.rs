@@ -24,7 +24,7 @@ use crate::model::load::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
 use crate::model::weights::write_atomic;
 use crate::perplexity::{Tokenized, tokenize_pair};
-use crate::reward::is_correct;
+use crate::reward::check;
 use crate::trainer::grpo::{self, GrpoParams};
 use crate::trainer::optim::{AdamW, AdamWParams, learning_rate};
 use crate::trainer::sft;
@@ -193,6 +193,28 @@ fn eval_json(r: &EvalReport) -> serde_json::Value {
     serde_json::to_value(r).unwrap_or_default()
 }
 
+/// Holds an exclusive lock on `run_dir/.lock` for as long as the returned file lives, so that two
+/// runs never write one directory.
+fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File> {
+    let path = run_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another edco train is writing this run directory",
+            run_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::from(e).context(format!("locking {}", path.display())))
+        }
+    }
+}
+
 /// Runs (or resumes) training as configured; returns the run directory.
 pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf> {
     let read = cfg.data.read_options()?;
@@ -212,11 +234,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             }
         }
         Method::Grpo => {
-            if let Some(s) = pool.iter().find(|s| is_correct(s, "").is_none()) {
+            let rule = cfg.data.answer_check;
+            if let Some(s) = pool.iter().find(|s| check(rule, s, "").is_none()) {
                 bail!(
-                    "{}: sample `{}` has no verifiable `answer` to reward",
+                    "{}: sample `{}` has no `answer` that data.answer_check = {} can verify",
                     cfg.data.train.display(),
-                    s.id
+                    s.id,
+                    serde_json::to_string(&rule)?
                 );
             }
         }
@@ -244,20 +268,44 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let run_dir = resume
         .map(Path::to_path_buf)
         .unwrap_or_else(|| cfg.run.output_dir.clone());
+    let started =
+        |dir: &Path| dir.join("metrics.jsonl").exists() || dir.join("config.toml").exists();
     let resumed = match resume {
+        // A run that stopped before its first checkpoint has nothing to resume: it starts again.
+        Some(dir) if checkpoint::list(dir)?.is_empty() => {
+            if !started(dir) {
+                bail!(
+                    "{}: not a run directory (no checkpoint, config.toml or metrics.jsonl)",
+                    dir.display()
+                );
+            }
+            eprintln!(
+                "{}: no checkpoint yet; the run starts again from the beginning",
+                dir.display()
+            );
+            None
+        }
         Some(dir) => Some(checkpoint::latest(dir)?),
         None => {
-            if checkpoint::list(&run_dir)?.last().is_some()
-                || run_dir.join("metrics.jsonl").exists()
-            {
+            if checkpoint::list(&run_dir)?.last().is_some() {
                 bail!(
                     "{}: already holds a run; resume it with --resume {0} or choose another run.output_dir",
+                    run_dir.display()
+                );
+            }
+            if started(&run_dir) {
+                bail!(
+                    "{}: holds a run that stopped before its first checkpoint; start it again with \
+                     --resume {0} or choose another run.output_dir",
                     run_dir.display()
                 );
             }
             None
         }
     };
+    // The model (and its device) first: a model or device that cannot be opened leaves the
+    // output directory untouched.
+    let loaded = load_model(cfg, resumed.as_ref().map(|(d, _)| d.as_path()))?;
     for sub in ["curriculum", "scores", "plots"] {
         let d = run_dir.join(sub);
         std::fs::create_dir_all(&d).with_context(|| {
@@ -268,13 +316,13 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             )
         })?;
     }
+    let _lock = lock_run_dir(&run_dir)?;
     write_atomic(
         &run_dir.join("config.toml"),
         toml::to_string(cfg)?.as_bytes(),
     )?;
     eprintln!("{}", plan.describe(cfg));
 
-    let loaded = load_model(cfg, resumed.as_ref().map(|(d, _)| d.as_path()))?;
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
     let template_args = cfg.template_args();
     // SFT trains on prompt + reference; GRPO needs the prompts only. Over-long prompts are cut
@@ -364,7 +412,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         };
     let grpo_params = GrpoParams {
         num_generations: g.num_generations,
-        max_new_tokens: g.max_new_tokens,
+        max_new_tokens: g.max_completion_length,
         sampling: Sampling::new(false, g.temperature, g.top_p, g.top_k),
         epsilon: g.epsilon,
         epsilon_high: g.epsilon_high,
@@ -382,6 +430,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         eos_token_ids: &loaded.eos_token_ids,
         template_args: &template_args,
         lengths: cfg.data.lengths(),
+        answer_check: cfg.data.answer_check,
     };
 
     let (mut state, mut metrics) = match resumed {
@@ -598,11 +647,14 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         &grpo_params,
                         &mut |j, completion| {
                             let reply = tok.decode(completion, true)?;
-                            Ok(if is_correct(&pool[step_idx[j]], &reply) == Some(true) {
-                                1.0
-                            } else {
-                                0.0
-                            })
+                            let sample = &pool[step_idx[j]];
+                            Ok(
+                                if check(cfg.data.answer_check, sample, &reply) == Some(true) {
+                                    1.0
+                                } else {
+                                    0.0
+                                },
+                            )
                         },
                     )?;
                     let stats = grpo::train_on(
@@ -643,15 +695,28 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             metrics.log(line)?;
             if !finite {
                 // The update is already poisoned; stop before anything overwrites a checkpoint.
-                let last = checkpoint::list(&run_dir)?.pop();
+                let section = match cfg.method {
+                    Method::Sft => "sft",
+                    Method::Grpo => "grpo",
+                };
+                let advice = match checkpoint::list(&run_dir)?.pop() {
+                    Some(last) => format!(
+                        "The last good checkpoint is {}; resume from it with --resume {} \
+                         --set {}.learning_rate=<lower>",
+                        last.display(),
+                        run_dir.display(),
+                        section
+                    ),
+                    None => format!(
+                        "There is no checkpoint yet; start again with --resume {} \
+                         --set {}.learning_rate=<lower>",
+                        run_dir.display(),
+                        section
+                    ),
+                };
                 bail!(
-                    "step {} (round {round}): the loss is not finite; stopping. The last good checkpoint is {} \
-                     (resume from it with --resume {} after lowering the learning rate)",
-                    state.global_step,
-                    last.map_or("none (no checkpoint yet)".to_string(), |p| p
-                        .display()
-                        .to_string()),
-                    run_dir.display()
+                    "step {} (round {round}): the loss is not finite; stopping. {advice}",
+                    state.global_step
                 );
             }
             bar.inc(1);

@@ -1,7 +1,8 @@
-//! `edco train` end to end on tiny models: the run directory's contents, the edco curriculum's
-//! ordering, learning (one small set overfits), an interrupted run resumed mid-round ending
-//! bit-for-bit where the uninterrupted one does, GRPO's rollouts, rewards and KL, GRPO learning
-//! a toy task, and bad settings, an unwritable output directory and a full disk.
+//! `edco train` end to end on tiny models: the run directory's contents, every curriculum
+//! strategy's ordering, both trainers on the shipped data, learning (one small set overfits),
+//! training options, interrupted runs (SFT LoRA and full, GRPO) resumed mid-round ending
+//! bit-for-bit where the uninterrupted ones do, GRPO's rollouts, rewards and KL, GRPO learning a
+//! toy task, and bad settings, diverging runs, an unwritable output directory and a full disk.
 
 mod common;
 
@@ -129,7 +130,11 @@ fn sft_run_writes_the_run_directory() {
             .map(|x| x.1.clone())
             .collect::<Vec<_>>()
     );
-    assert_eq!(lines(&run.join("curriculum/round_002.jsonl")).len(), 4);
+    // Round 2 re-scores the whole pool with the model trained in round 1 and keeps its top 4.
+    assert_eq!(
+        ids(&run.join("curriculum/round_002.jsonl")),
+        top_ids(&run.join("scores/round_002.jsonl"), 4, true)
+    );
 
     let ckpts = edco::checkpoint::list(&run).unwrap();
     assert_eq!(ckpts.len(), 2);
@@ -146,6 +151,204 @@ fn sft_run_writes_the_run_directory() {
     // A second run into the same directory is refused rather than mixed in.
     let e = edco::train::run(&cfg, None, false).unwrap_err();
     assert!(format!("{e:#}").contains("already holds a run"));
+}
+
+fn ids(path: &Path) -> Vec<String> {
+    lines(path)
+        .iter()
+        .map(|l| l["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The ids of a scores file ordered by score (highest first when `descending`), ties by line,
+/// the first `n` of them.
+fn top_ids(path: &Path, n: usize, descending: bool) -> Vec<String> {
+    let mut by_score: Vec<(f64, usize, String)> = lines(path)
+        .iter()
+        .enumerate()
+        .map(|(k, l)| {
+            let s = l["score"].as_f64().unwrap();
+            (
+                if descending { -s } else { s },
+                k,
+                l["id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    by_score.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    by_score.into_iter().take(n).map(|x| x.2).collect()
+}
+
+/// The static orders and random selection pick what they claim, end to end through
+/// `edco train`: `length` the shortest prompts by token count, `perplexity` the lowest reference
+/// NLL (checked against scoring the pool directly with the untrained model), `entropy` the
+/// highest scores of its single scoring pass, each round the next 4 of the same order; `random`
+/// 4 distinct items per round, drawn anew.
+#[test]
+fn static_and_random_strategies_select_what_they_claim() {
+    use edco::config::Strategy;
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let loaded = edco::model::load::load(
+        model.path().to_str().unwrap(),
+        &edco::model::load::LoadOptions::default(),
+    )
+    .unwrap();
+    let run_with = |strategy: Strategy, dir: &Path| {
+        let mut cfg = config(model.path(), dir, "");
+        cfg.curriculum.strategy = strategy;
+        cfg.data.eval = Default::default();
+        edco::train::run(&cfg, None, false).unwrap()
+    };
+    let pool = |dir: &Path| -> Vec<edco::data::Sample> {
+        edco::data::load_jsonl(&dir.join("train.jsonl"), &Default::default())
+            .unwrap()
+            .samples
+    };
+    let rounds = |run: &Path| {
+        (
+            ids(&run.join("curriculum/round_001.jsonl")),
+            ids(&run.join("curriculum/round_002.jsonl")),
+        )
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with(Strategy::Length, dir.path());
+    let mut by_length: Vec<(usize, usize, String)> = pool(dir.path())
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let n = loaded
+                .tokenizer
+                .encode_chat(&s.messages, &Default::default())
+                .unwrap()
+                .len();
+            (n, i, s.id.clone())
+        })
+        .collect();
+    by_length.sort();
+    let order: Vec<String> = by_length.into_iter().map(|x| x.2).collect();
+    assert_eq!(rounds(&run), (order[..4].to_vec(), order[4..8].to_vec()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with(Strategy::Perplexity, dir.path());
+    let scores = dir.path().join("run/scores/round_001.jsonl");
+    assert!(!dir.path().join("run/scores/round_002.jsonl").exists());
+    let order = top_ids(&scores, 8, false);
+    assert_eq!(rounds(&run), (order[..4].to_vec(), order[4..8].to_vec()));
+    let direct = edco::perplexity::score(
+        &loaded.model,
+        &loaded.tokenizer,
+        &pool(dir.path()),
+        &Default::default(),
+        256,
+        16,
+    )
+    .unwrap();
+    for (line, d) in lines(&scores).iter().zip(&direct) {
+        assert_eq!(line["id"].as_str().unwrap(), d.id);
+        let s = line["score"].as_f64().unwrap();
+        assert!((s - d.nll).abs() < 1e-4, "{}: {s} vs {}", d.id, d.nll);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with(Strategy::Entropy, dir.path());
+    assert!(!dir.path().join("run/scores/round_002.jsonl").exists());
+    let order = top_ids(&dir.path().join("run/scores/round_001.jsonl"), 8, true);
+    assert_eq!(rounds(&run), (order[..4].to_vec(), order[4..8].to_vec()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_with(Strategy::Random, dir.path());
+    let (r1, r2) = rounds(&run);
+    for r in [&r1, &r2] {
+        let mut distinct = r.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 4, "{r:?}");
+    }
+    assert_ne!(r1, r2);
+    assert!(
+        !dir.path()
+            .join("run/scores")
+            .read_dir()
+            .unwrap()
+            .any(|_| true)
+    );
+}
+
+/// The options that change how training runs take effect: gradient accumulation halves the
+/// optimizer steps, keep_last prunes old checkpoints, and keeping the AdamW moments across rounds
+/// (reset_optimizer = false) changes round 2 but not round 1.
+#[test]
+fn accumulation_pruning_and_optimizer_carry_over_take_effect() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let run_with = |reset: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(model.path(), dir.path(), "");
+        cfg.data.eval = Default::default();
+        cfg.sft.grad_accum = 2;
+        cfg.sft.batch_size = 1;
+        cfg.sft.reset_optimizer = reset;
+        cfg.run.keep_last = 1;
+        let run = edco::train::run(&cfg, None, false).unwrap();
+        let losses: Vec<(u64, f64)> = lines(&run.join("metrics.jsonl"))
+            .iter()
+            .filter(|l| l["kind"] == "step")
+            .map(|l| (l["round"].as_u64().unwrap(), l["loss"].as_f64().unwrap()))
+            .collect();
+        let ckpts = edco::checkpoint::list(&run).unwrap();
+        (dir, losses, ckpts.len(), adapter_bytes(&run))
+    };
+    let (_a, reset, kept, reset_weights) = run_with(true);
+    let (_b, carried, _, carried_weights) = run_with(false);
+    // 4 picks per round in micro-batches of 1, two per optimizer step: 2 steps per round.
+    assert_eq!(
+        reset.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![1, 1, 2, 2]
+    );
+    assert_eq!(kept, 1);
+    assert_eq!(reset[..2], carried[..2]);
+    assert_ne!(reset[2..], carried[2..]);
+    assert_ne!(reset_weights, carried_weights);
+}
+
+/// SFT and GRPO each run two rounds end to end on the project's own demo data (300 medicine, law
+/// and telecom items, multiple choice and short answer), scoring the whole pool each round.
+#[test]
+fn sft_and_grpo_run_two_rounds_on_the_shipped_data() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+    for method in [edco::config::Method::Sft, edco::config::Method::Grpo] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(model.path(), dir.path(), "");
+        cfg.method = method;
+        cfg.data.train = data.join("demo_train.jsonl");
+        cfg.data.eval = data.join("demo_eval.jsonl");
+        cfg.data.max_length = 160;
+        cfg.entropy.batch_size = 64;
+        cfg.curriculum.select_n = 8;
+        cfg.eval.max_samples = 12;
+        cfg.grpo.steps_per_round = 1;
+        cfg.grpo.prompts_per_step = 2;
+        cfg.grpo.num_generations = 2;
+        cfg.grpo.max_completion_length = 4;
+        let run = edco::train::run(&cfg, None, false).unwrap();
+        let m = lines(&run.join("metrics.jsonl"));
+        let rounds: Vec<&serde_json::Value> = m.iter().filter(|l| l["kind"] == "round").collect();
+        assert_eq!(rounds.len(), 2, "{method:?}");
+        for r in rounds {
+            assert_eq!(r["selected"], 8);
+            assert_eq!(r["pool_scores"]["count"], 300);
+            assert_eq!(r["eval"]["samples"], 12);
+        }
+        for round in ["round_001", "round_002"] {
+            assert_eq!(
+                ids(&run.join(format!("curriculum/{round}.jsonl"))),
+                top_ids(&run.join(format!("scores/{round}.jsonl")), 8, true),
+                "{method:?} {round}"
+            );
+        }
+        assert_eq!(edco::checkpoint::list(&run).unwrap().len(), 2);
+    }
 }
 
 #[test]
@@ -178,31 +381,37 @@ fn adapter_bytes(run: &Path) -> Vec<u8> {
     std::fs::read(last.join("adapter/adapter_model.safetensors")).unwrap()
 }
 
-#[test]
-fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
-    let model = fixture_with_tokenizer("tiny-qwen3");
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(
-        model.path(),
-        dir.path(),
-        "checkpoint_every_steps = 1\nkeep_last = 100",
-    );
-    let run = edco::train::run(&cfg, None, false).unwrap();
+/// The trained weights of the last checkpoint: the adapter, or the full model.
+fn weights_bytes(run: &Path) -> Vec<u8> {
+    let last = edco::checkpoint::list(run).unwrap().pop().unwrap();
+    let adapter = last.join("adapter/adapter_model.safetensors");
+    std::fs::read(if adapter.exists() {
+        adapter
+    } else {
+        last.join("model/model.safetensors")
+    })
+    .unwrap()
+}
+
+/// Runs `cfg` (checkpointing every step) to the end, then again from its checkpoint in the middle
+/// of round 2, as if it had died there; the final weights and metrics must agree.
+fn assert_resume_matches(cfg: &Config) {
+    let run = edco::train::run(cfg, None, false).unwrap();
     let all = edco::checkpoint::list(&run).unwrap();
     // Round 2's first step is checkpointed mid-round: steps 1, 2 (end of round 1), 3, 4 (end).
     assert_eq!(all.len(), 4);
-    let expected = adapter_bytes(&run);
+    let expected = weights_bytes(&run);
     let expected_metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
 
     // Interrupt: keep only the checkpoints up to the middle of round 2, as if it died there.
     for later in &all[3..] {
         std::fs::remove_dir_all(later).unwrap();
     }
-    edco::train::run(&cfg, Some(&run), false).unwrap();
+    edco::train::run(cfg, Some(&run), false).unwrap();
     assert_eq!(
-        adapter_bytes(&run),
+        weights_bytes(&run),
         expected,
-        "final adapter differs after resume"
+        "final weights differ after resume"
     );
     let resumed_metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
     let strip = |s: &str| -> Vec<serde_json::Value> {
@@ -226,6 +435,33 @@ fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
 }
 
 #[test]
+fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let extra = "checkpoint_every_steps = 1\nkeep_last = 100";
+    // LoRA SFT with the edco curriculum.
+    let dir = tempfile::tempdir().unwrap();
+    assert_resume_matches(&config(model.path(), dir.path(), extra));
+    // Full fine-tuning.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(model.path(), dir.path(), extra);
+    cfg.model.finetune = edco::config::Finetune::Full;
+    cfg.eval.generate = false;
+    assert_resume_matches(&cfg);
+    // GRPO (LoRA): sampled rollouts, two updates per rollout batch.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(model.path(), dir.path(), extra);
+    cfg.method = edco::config::Method::Grpo;
+    cfg.grpo.steps_per_round = 2;
+    cfg.grpo.prompts_per_step = 2;
+    cfg.grpo.num_generations = 3;
+    cfg.grpo.max_completion_length = 5;
+    cfg.grpo.num_iterations = 2;
+    cfg.grpo.learning_rate = 1e-3;
+    cfg.eval.generate = false;
+    assert_resume_matches(&cfg);
+}
+
+#[test]
 fn grpo_rolls_out_rewards_and_updates_adapters() {
     let model = fixture_with_tokenizer("tiny-qwen3");
     let dir = tempfile::tempdir().unwrap();
@@ -235,7 +471,7 @@ fn grpo_rolls_out_rewards_and_updates_adapters() {
     cfg.grpo.steps_per_round = 2;
     cfg.grpo.prompts_per_step = 2;
     cfg.grpo.num_generations = 4;
-    cfg.grpo.max_new_tokens = 6;
+    cfg.grpo.max_completion_length = 6;
     cfg.grpo.learning_rate = 1e-3;
     cfg.grpo.min_learning_rate = 1e-3;
     cfg.eval.generate = false;
@@ -300,6 +536,43 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint() {
         "{msg}"
     );
     assert_eq!(edco::checkpoint::list(&run).unwrap(), vec![first]);
+
+    // Diverging before the first checkpoint: the message says so, a plain rerun is refused, and
+    // --resume starts the run again from the beginning (with a sane rate here).
+    let fresh = tempfile::tempdir().unwrap();
+    let mut wild = config(model.path(), fresh.path(), "");
+    wild.model.finetune = edco::config::Finetune::Full;
+    wild.eval.generate = false;
+    wild.sft.learning_rate = f64::INFINITY;
+    wild.sft.min_learning_rate = f64::INFINITY;
+    wild.sft.max_grad_norm = 0.0;
+    let msg = format!("{:#}", edco::train::run(&wild, None, false).unwrap_err());
+    assert!(
+        msg.contains("(round 1): the loss is not finite")
+            && msg.contains("There is no checkpoint yet; start again with --resume"),
+        "{msg}"
+    );
+    let again = edco::train::run(&wild, None, false).unwrap_err();
+    assert!(
+        format!("{again:#}").contains("stopped before its first checkpoint"),
+        "{again:#}"
+    );
+    let mut sane = wild.clone();
+    sane.sft = cfg.sft.clone();
+    let run = edco::train::run(&sane, Some(&wild.run.output_dir), false).unwrap();
+    let kinds: Vec<String> = lines(&run.join("metrics.jsonl"))
+        .iter()
+        .map(|l| l["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| *k == "round").count(),
+        2,
+        "{kinds:?}"
+    );
+    assert_eq!(
+        kinds[0], "eval",
+        "the failed attempt's lines are gone: {kinds:?}"
+    );
 }
 
 #[test]
@@ -651,4 +924,19 @@ fn an_unwritable_output_dir_or_a_full_disk_stops_cleanly() {
         "{left:?}"
     );
     assert!(run.join("metrics.jsonl").is_file(), "{left:?}");
+    // The directory is not a dead end: a plain rerun is refused by name, --resume starts it
+    // again (there is no checkpoint to resume from) and, with room on the disk, completes.
+    let o = edco_under("true", &["train", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("stopped before its first checkpoint"),
+        "{err}"
+    );
+    let o = edco_under("true", &["train", "--resume", run.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && err.contains("the run starts again from the beginning"),
+        "{err}"
+    );
+    assert_eq!(edco::checkpoint::list(&run).unwrap().len(), 2);
 }

@@ -134,6 +134,57 @@ fn detached_log_probs(
         .collect()
 }
 
+/// The per-token loss of a micro-batch and what it logs.
+pub struct TokenTerms {
+    /// (n_tokens,): the clipped surrogate, plus beta times the k3 KL when there is a reference.
+    pub per_token: Tensor,
+    /// Tokens whose ratio left the trust region on the side where clipping binds (TRL's
+    /// "region" clip ratio): r < 1 - epsilon with A < 0, or r > 1 + epsilon_high with A > 0.
+    pub clipped: f64,
+    /// Sum over tokens of the k3 estimate exp(ref - lp) - (ref - lp) - 1 (0 without a reference).
+    pub kl_sum: f64,
+}
+
+/// GRPO's loss terms per completion token. `lp`: the policy's log-probabilities (with a graph),
+/// `old_lp`: those the completions were sampled with, `ref_lp`: the reference's, `adv`: each
+/// token's advantage (its sequence's).
+pub fn token_terms(
+    lp: &Tensor,
+    old_lp: &Tensor,
+    ref_lp: Option<&Tensor>,
+    adv: &[f32],
+    p: &GrpoParams,
+) -> Result<TokenTerms> {
+    let a = Tensor::from_slice(adv, lp.dims1()?, lp.device())?;
+    let ratio = (lp - old_lp)?.exp()?;
+    let clipped_ratio = ratio.clamp(1.0 - p.epsilon, 1.0 + p.epsilon_high)?;
+    let mut per_token = ratio
+        .broadcast_mul(&a)?
+        .minimum(&clipped_ratio.broadcast_mul(&a)?)?
+        .neg()?;
+    let mut kl_sum = 0.0;
+    if let Some(ref_lp) = ref_lp {
+        let d = (ref_lp - lp)?;
+        let kl = ((d.exp()? - &d)? - 1.0)?;
+        kl_sum = kl.sum_all()?.to_scalar::<f32>()? as f64;
+        per_token = (per_token + (kl * p.beta)?)?;
+    }
+    let ratio_v: Vec<f32> = ratio.to_vec1()?;
+    let clipped = ratio_v
+        .iter()
+        .zip(adv)
+        .filter(|&(&r, &a)| {
+            let r = r as f64;
+            (r < 1.0 - p.epsilon && a < 0.0) || (r > 1.0 + p.epsilon_high && a > 0.0)
+        })
+        .count() as f64;
+    Ok(TokenTerms {
+        per_token,
+        clipped,
+        kl_sum,
+    })
+}
+
 /// Policy-gradient updates on one batch of rollouts: `num_iterations` optimizer steps against
 /// the log-probabilities the rollouts were sampled with.
 pub fn train_on(
@@ -211,7 +262,6 @@ pub fn train_on(
             micro,
         )?),
     };
-    let device = model.device().clone();
     let iterations = p.num_iterations.max(1);
     for it in 0..iterations {
         let mut acc = GradAccumulator::new(model.vars().len());
@@ -229,29 +279,14 @@ pub fn train_on(
                 .zip(&adv[k * micro..])
                 .flat_map(|(s, &a)| std::iter::repeat_n(a as f32, s.response.len()))
                 .collect();
-            let a = Tensor::from_vec(a, lp.dims1()?, &device)?;
             let old_lp = match &old {
                 Some(old) => old[k].clone(),
                 None => lp.detach(),
             };
-            let ratio = (&lp - &old_lp)?.exp()?;
-            let clipped_ratio = ratio.clamp(1.0 - p.epsilon, 1.0 + p.epsilon_high)?;
-            let surrogate = (ratio
-                .broadcast_mul(&a)?
-                .minimum(&clipped_ratio.broadcast_mul(&a)?)?)
-            .neg()?;
-            let mut per_token = surrogate;
-            if let Some(reference_lp) = &reference_lp {
-                let d = (&reference_lp[k] - &lp)?;
-                let kl = ((d.exp()? - &d)? - 1.0)?;
-                kl_sum += kl.sum_all()?.to_scalar::<f32>()? as f64;
-                per_token = (per_token + (kl * p.beta)?)?;
-            }
-            let ratio_v: Vec<f32> = ratio.to_vec1()?;
-            clipped += ratio_v
-                .iter()
-                .filter(|&&r| (r as f64) < 1.0 - p.epsilon || (r as f64) > 1.0 + p.epsilon_high)
-                .count() as f64;
+            let terms = token_terms(&lp, &old_lp, reference_lp.as_ref().map(|r| &r[k]), &a, p)?;
+            kl_sum += terms.kl_sum;
+            clipped += terms.clipped;
+            let per_token = terms.per_token;
             let loss = (per_token.sum_all()? / total as f64)?;
             loss_sum += loss.to_scalar::<f32>()? as f64;
             acc.add(model.vars(), &loss.backward()?)?;
@@ -281,5 +316,61 @@ mod tests {
         assert!((a[0] - expected).abs() < 1e-3, "{}", a[0]);
         assert_eq!(advantages(&[1.0, 1.0, 1.0], true), vec![0.0, 0.0, 0.0]);
         assert_eq!(advantages(&[1.0, 0.0], false), vec![0.5, -0.5]);
+    }
+
+    /// The surrogate, the k3 KL, the clip count and their gradients on three tokens, by hand.
+    #[test]
+    fn token_terms_match_the_hand_computed_loss() {
+        use candle_core::{Device, Var};
+        let ln = |x: f32| x.ln();
+        let dev = Device::Cpu;
+        let lp = Var::from_slice(&[ln(0.5), ln(0.2), ln(0.9)], 3, &dev).unwrap();
+        let old = Tensor::new(&[ln(0.4), ln(0.4), ln(0.9)], &dev).unwrap();
+        let reference = Tensor::new(&[ln(0.5), ln(0.1), ln(0.45)], &dev).unwrap();
+        let p = GrpoParams {
+            num_generations: 2,
+            max_new_tokens: 1,
+            sampling: Sampling::Greedy,
+            epsilon: 0.2,
+            epsilon_high: 0.28,
+            beta: 0.1,
+            scale_rewards: true,
+            num_iterations: 2,
+            micro_batch: 1,
+            max_grad_norm: 0.0,
+            pad_id: 0,
+        };
+        let t = token_terms(
+            lp.as_tensor(),
+            &old,
+            Some(&reference),
+            &[1.0, -1.0, 2.0],
+            &p,
+        )
+        .unwrap();
+        // Ratios 1.25, 0.5, 1. Token 0 stays inside [0.8, 1.28]: -1.25. Token 1 (A < 0) is
+        // clipped to 0.8: -min(-0.5, -0.8) = 0.8. Token 2: -2. The k3 KL is 0 for token 0 and
+        // 0.5 - ln 0.5 - 1 = 0.19315 for tokens 1 and 2 (ref / policy = 0.5), times beta.
+        let k3 = 0.5 - 0.5f64.ln() - 1.0;
+        let want = [-1.25, 0.8 + 0.1 * k3, -2.0 + 0.1 * k3];
+        let got: Vec<f32> = t.per_token.to_vec1().unwrap();
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        assert_eq!(t.clipped, 1.0);
+        assert!((t.kl_sum - 2.0 * k3).abs() < 1e-5, "{}", t.kl_sum);
+        // d/dlp: -A r where the ratio is inside (0 where the clip binds), plus
+        // beta (1 - ref / policy) from the KL.
+        let g = t.per_token.sum_all().unwrap().backward().unwrap();
+        let g: Vec<f32> = g.get(&lp).unwrap().to_vec1().unwrap();
+        let want = [-1.25, 0.05, -2.0 + 0.05];
+        for (g1, w) in g.iter().zip(want) {
+            assert!((*g1 as f64 - w).abs() < 1e-5, "{g:?} vs {want:?}");
+        }
+        // A ratio above 1 + epsilon_high counts only with a positive advantage.
+        let far = Tensor::new(&[ln(0.9), ln(0.9)], &dev).unwrap();
+        let base = Tensor::new(&[ln(0.5), ln(0.5)], &dev).unwrap();
+        let t = token_terms(&far, &base, None, &[1.0, -1.0], &p).unwrap();
+        assert_eq!((t.clipped, t.kl_sum), (1.0, 0.0));
     }
 }
