@@ -14,9 +14,11 @@ instruction; the reply `L. text`) with the model's chat template. Three cases:
             for the right option letter, KL coefficient 0.04, one update per
             rollout batch; --grpo-steps steps.
 
-Each SFT case runs edco (`edco train`, random curriculum, one round over the
-items), a plain PyTorch loop (transformers model, PEFT for LoRA, torch AdamW)
-and TRL's SFTTrainer; GRPO runs edco and TRL's GRPOTrainer. SFT figures are
+Each case runs edco (`edco train`, random curriculum, one round over the
+items), a plain PyTorch loop (transformers model, PEFT for LoRA, torch AdamW;
+for GRPO: `generate`, the same reward, group advantages, the clipped surrogate
+and the k3 KL to the base with adapters off) and TRL's SFTTrainer or
+GRPOTrainer. SFT figures are
 tokens per second over every token of the conversations (prompt and reply,
 padding not counted), timed over the optimizer steps only (no model loading,
 no tokenization); GRPO figures are seconds per step, rollout included.
@@ -46,6 +48,8 @@ MCQ_INSTRUCTION = "Answer with the letter of the correct option."
 LR_SFT = 1e-5
 LR_GRPO = 1e-6
 BETA = 0.04
+# The first standalone option letter of a reply: the reward of the PyTorch sides.
+LETTER = re.compile(r"\b([A-J])\b")
 
 
 def log(*a):
@@ -159,7 +163,7 @@ max_grad_norm = 1.0
 num_generations = {args.generations}
 prompts_per_step = {args.prompts}
 steps_per_round = {args.grpo_steps}
-max_new_tokens = {args.new_tokens}
+max_completion_length = {args.new_tokens}
 temperature = 1.0
 top_p = 1.0
 learning_rate = {LR_GRPO}
@@ -222,6 +226,62 @@ def run_loop(args, case, convs):
     return {"steps": (len(pairs) + args.batch - 1) // args.batch, "seconds": seconds}
 
 
+def run_loop_grpo(args, items):
+    """GRPO written out in PyTorch, as edco and TRL (loss_type dapo) do it with one update per
+    rollout batch: sample G completions per prompt, reward the option letter, advantages
+    (r - mean) / (std + 1e-4) per group, the clipped surrogate (ratio 1 at the only update) plus
+    beta times the k3 KL to the base with adapters off, averaged over all completion tokens."""
+    torch.manual_seed(0)
+    model, tok = load_model(args.hf, lora=True)
+    tok.padding_side = "left"
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR_GRPO)
+    rows = items[:args.prompts * args.grpo_steps]
+    g, pad, eos = args.generations, tok.pad_token_id, tok.eos_token_id
+    log("== PyTorch loop grpo")
+    seconds, lengths = 0.0, []
+    for step in range(args.grpo_steps):
+        batch = rows[step * args.prompts:(step + 1) * args.prompts]
+        texts = [tok.apply_chat_template([{"role": "user", "content": mcq_prompt(r)}], add_generation_prompt=True,
+                                         tokenize=False) for r in batch]
+        start = time.perf_counter()
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        model.eval()
+        with torch.no_grad():
+            out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                                 max_new_tokens=args.new_tokens, num_return_sequences=g, pad_token_id=pad)
+        width = enc.input_ids.shape[1]
+        completion = out[:, width:]
+        # Completion tokens up to and including the first EOS.
+        after_eos = torch.cumsum((completion == eos).long(), dim=1) - (completion == eos).long()
+        mask = (after_eos == 0).float()
+        replies = tok.batch_decode(completion, skip_special_tokens=True)
+        rewards = torch.tensor([1.0 if (m := LETTER.search(text)) and m.group(1) == batch[i // g]["answer"] else 0.0
+                                for i, text in enumerate(replies)])
+        grouped = rewards.view(-1, g)
+        adv = ((grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)).view(-1, 1)
+        attn = torch.cat([enc.attention_mask.repeat_interleave(g, 0), mask.long()], dim=1)
+
+        def completion_log_probs():
+            logits = model(input_ids=out, attention_mask=attn).logits[:, width - 1:-1].float()
+            return torch.log_softmax(logits, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+
+        model.train()
+        with torch.no_grad(), model.disable_adapter():
+            ref = completion_log_probs()
+        lp = completion_log_probs()
+        ratio = torch.exp(lp - lp.detach())
+        surrogate = -torch.min(ratio * adv, torch.clamp(ratio, 0.8, 1.2) * adv)
+        kl = torch.exp(ref - lp) - (ref - lp) - 1
+        loss = ((surrogate + BETA * kl) * mask).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        seconds += time.perf_counter() - start
+        lengths.append(mask.sum(1).mean().item())
+    return {"steps": args.grpo_steps, "seconds": seconds, "completion_length": sum(lengths) / len(lengths)}
+
+
 # ---------------------------------------------------------------- TRL
 
 
@@ -280,12 +340,10 @@ def run_trl_grpo(args, work, items):
     model, tok = load_model(args.hf, lora=False)
     rows = [{"prompt": [{"role": "user", "content": mcq_prompt(r)}], "answer": r["answer"]}
             for r in items[:args.prompts * args.grpo_steps]]
-    letter = re.compile(r"\b([A-J])\b")
-
     def reward(prompts, completions, answer, **kw):
         out = []
         for c, a in zip(completions, answer):
-            m = letter.search(c[0]["content"] if isinstance(c, list) else c)
+            m = LETTER.search(c[0]["content"] if isinstance(c, list) else c)
             out.append(1.0 if m and m.group(1) == a else 0.0)
         return out
 
@@ -344,11 +402,13 @@ def main():
                              tps["loop"], tps["trl"], True))
             elif case == "grpo":
                 e = run_edco(args, work, case, grpo_path, args.prompts * args.grpo_steps)
+                p = run_loop_grpo(args, items)
                 t = run_trl_grpo(args, work, items)
-                log(case, json.dumps({"edco": e, "trl": t}))
+                log(case, json.dumps({"edco": e, "loop": p, "trl": t}))
                 rows.append((f"grpo (LoRA): {args.prompts} prompts x {args.generations}, up to {args.new_tokens} "
-                             f"new tokens, s/step (edco's mean completion {e['completion_length']:.1f} tokens)",
-                             e["seconds"] / e["steps"], None, t["seconds"] / t["steps"], False))
+                             f"new tokens, s/step (mean completion: edco {e['completion_length']:.1f}, "
+                             f"loop {p['completion_length']:.1f} tokens)",
+                             e["seconds"] / e["steps"], p["seconds"] / p["steps"], t["seconds"] / t["steps"], False))
             else:
                 sys.exit(f"unknown case {case}")
     print(f"| SmolLM2-135M, f32, CPU, {args.threads} threads | edco | PyTorch loop | TRL | edco speed vs loop | edco speed vs TRL |")

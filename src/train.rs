@@ -33,6 +33,7 @@ use anyhow::{Context, Result, bail};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
+use serde::Serialize;
 use serde_json::json;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,12 +64,12 @@ impl Plan {
     pub fn describe(&self, cfg: &Config) -> String {
         let c = &cfg.curriculum;
         format!(
-            "plan: {} rounds of {} samples from a pool of {} ({:?} curriculum, {:?}), {} optimizer steps per round ({} in all), {}",
+            "plan: {} rounds of {} samples from a pool of {} ({} curriculum, {}), {} optimizer steps per round ({} in all), {}",
             c.rounds,
             self.per_round,
             self.pool,
-            c.strategy,
-            cfg.method,
+            config_name(&c.strategy),
+            config_name(&cfg.method),
             self.steps_per_round,
             self.steps_per_round * c.rounds,
             match cfg.method {
@@ -82,6 +83,14 @@ impl Plan {
                 ),
             }
         )
+    }
+}
+
+/// A config enum's value as it is written in the config (`edco`, `sft`).
+fn config_name<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::from("?"),
     }
 }
 

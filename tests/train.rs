@@ -504,8 +504,37 @@ fn grpo_rolls_out_rewards_and_updates_adapters() {
 fn dry_run_prints_the_plan_without_touching_the_output_dir() {
     let model = fixture_with_tokenizer("tiny-qwen3");
     let dir = tempfile::tempdir().unwrap();
-    let cfg = config(model.path(), dir.path(), "");
-    edco::train::run(&cfg, None, true).unwrap();
+    let text = config_text(model.path(), dir.path(), "");
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, &text).unwrap();
+    let o = edco_under(
+        "true",
+        &[
+            "train",
+            "--config",
+            path.to_str().unwrap(),
+            "--dry-run",
+            "--set",
+            "sft.grad_accum=2",
+        ],
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The resolved config (defaults included, the override applied) parses back to what a load
+    // gives, and the plan follows it: 4 of 16 per round, batches of 2 x 2 = one step per round.
+    let resolved = Config::from_toml(&out, &[]).unwrap();
+    assert_eq!(
+        resolved,
+        Config::from_toml(&text, &["sft.grad_accum=2".into()]).unwrap()
+    );
+    assert!(
+        out.contains(
+            "# plan: 2 rounds of 4 samples from a pool of 16 (edco curriculum, sft), 1 optimizer \
+             steps per round (2 in all), 4 sequences per step"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("# eval: 6 held-out samples"), "{out}");
     assert!(!dir.path().join("run").exists());
 }
 
