@@ -850,6 +850,67 @@ fn draw_plots(run_dir: &Path) -> Result<()> {
         "round",
         "score",
         &[("p90", p90), ("mean", mean), ("p10", p10)],
+    )?;
+    draw_pool_distributions(run_dir)
+}
+
+/// The pool's score distribution before each round, as one frequency polygon per round over
+/// shared bins: each round's scores file updates the previous round's pool (a partial re-score
+/// keeps the last score of the rest).
+fn draw_pool_distributions(run_dir: &Path) -> Result<()> {
+    let mut pool: std::collections::HashMap<String, f64> = Default::default();
+    let mut rounds: Vec<(String, Vec<f64>)> = Vec::new();
+    for round in 1.. {
+        let path = run_dir.join(format!("scores/round_{round:03}.jsonl"));
+        if !path.exists() {
+            break;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        for (i, line) in text.lines().enumerate() {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: malformed scores line", path.display(), i + 1))?;
+            if let (Some(id), Some(score)) = (v["id"].as_str(), v["score"].as_f64()) {
+                pool.insert(id.to_string(), score);
+            }
+        }
+        rounds.push((
+            format!("before round {round}"),
+            pool.values().copied().collect(),
+        ));
+    }
+    if rounds.is_empty() {
+        return Ok(());
+    }
+    let all: Vec<f64> = rounds.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+    let (lo, hi) = (stats::quantile(&all, 0.0), stats::quantile(&all, 1.0));
+    const BINS: usize = 20;
+    let width = ((hi - lo) / BINS as f64).max(1e-9);
+    let series: Vec<(String, Vec<(f64, f64)>)> = rounds
+        .iter()
+        .map(|(name, values)| {
+            let mut counts = [0usize; BINS];
+            for &v in values {
+                counts[(((v - lo) / width) as usize).min(BINS - 1)] += 1;
+            }
+            let points = counts
+                .iter()
+                .enumerate()
+                .map(|(b, &c)| (lo + (b as f64 + 0.5) * width, c as f64))
+                .collect();
+            (name.clone(), points)
+        })
+        .collect();
+    let named: Vec<(&str, Vec<(f64, f64)>)> = series
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.clone()))
+        .collect();
+    plot::lines(
+        &run_dir.join("plots/pool_distribution.svg"),
+        "Pool score distribution per round",
+        "score (entropy, nats, for edco)",
+        "samples",
+        &named,
     )
 }
 
@@ -876,11 +937,18 @@ fn summarize(run_dir: &Path, state: &TrainState) -> Result<()> {
         state.score_seconds, state.train_seconds
     );
     println!("run directory: {}", run_dir.display());
-    println!(
-        "pictures: {}, {}, {}",
-        run_dir.join("plots/loss.svg").display(),
-        run_dir.join("plots/eval_accuracy.svg").display(),
-        run_dir.join("plots/pool_scores.svg").display()
-    );
+    let pictures: Vec<String> = [
+        "loss",
+        "reward",
+        "eval_accuracy",
+        "pool_scores",
+        "pool_distribution",
+    ]
+    .iter()
+    .map(|name| run_dir.join(format!("plots/{name}.svg")))
+    .filter(|p| p.exists())
+    .map(|p| p.display().to_string())
+    .collect();
+    println!("pictures: {}", pictures.join(", "));
     Ok(())
 }

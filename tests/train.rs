@@ -143,9 +143,19 @@ fn sft_run_writes_the_run_directory() {
         last.join("adapter/adapter_model.safetensors").is_file()
             && last.join("optimizer.safetensors").is_file()
     );
-    for p in ["loss.svg", "eval_accuracy.svg", "pool_scores.svg"] {
+    for p in [
+        "loss.svg",
+        "eval_accuracy.svg",
+        "pool_scores.svg",
+        "pool_distribution.svg",
+    ] {
         assert!(run.join("plots").join(p).is_file(), "{p}");
     }
+    let dist = std::fs::read_to_string(run.join("plots/pool_distribution.svg")).unwrap();
+    assert!(
+        dist.contains("before round 1") && dist.contains("before round 2"),
+        "one polygon per round"
+    );
     assert_eq!(Config::load(&run.join("config.toml"), &[]).unwrap(), cfg);
 
     // A second run into the same directory is refused rather than mixed in.
