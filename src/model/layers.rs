@@ -199,7 +199,13 @@ fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
     x * mask
 }
 
-/// RMSNorm composed in f32 as transformers does it: `w * (x / sqrt(mean(x^2) + eps))`.
+/// Whether `x` takes the CPU f32 training kernels.
+fn on_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// RMSNorm as transformers computes it, in f32: `w * (x / sqrt(mean(x^2) + eps))`. Training on
+/// the CPU in f32 uses one op with its own backward; elsewhere it is composed.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     pub weight: Tensor,
@@ -211,6 +217,14 @@ impl RmsNorm {
         if fused {
             return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
         }
+        if on_cpu_f32(x) && self.weight.dtype() == DType::F32 {
+            return super::cpu_norm_rope::rms_norm(x, &self.weight, self.eps);
+        }
+        self.composed(x)
+    }
+
+    /// The composed ops: the reference, and the training path off the CPU.
+    pub fn composed(&self, x: &Tensor) -> Result<Tensor> {
         let dtype = x.dtype();
         let xf = x.to_dtype(DType::F32)?;
         let rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
@@ -251,7 +265,13 @@ impl Rope {
         })
     }
 
-    /// `x`: (B, T, H, D); candle's fused kernel (no gradient) when `fused`, else composed ops.
+    /// The (B, T, D / 2) cos and sin halves.
+    pub fn halves(&self) -> (&Tensor, &Tensor) {
+        (&self.cos_half, &self.sin_half)
+    }
+
+    /// `x`: (B, T, H, D); candle's fused kernel (no gradient) when `fused`; for training, one
+    /// op with a backward on the CPU in f32, else composed ops.
     pub fn apply_thd(&self, x: &Tensor, fused: bool) -> Result<Tensor> {
         if fused {
             return candle_nn::rotary_emb::rope_thd(
@@ -260,6 +280,15 @@ impl Rope {
                 &self.sin_half,
             );
         }
+        if on_cpu_f32(x) && self.cos_half.dtype() == DType::F32 {
+            return super::cpu_norm_rope::rope_thd(x, &self.cos_half, &self.sin_half);
+        }
+        self.apply_thd_composed(x)
+    }
+
+    /// The (B, T, H, D) rotation composed from differentiable ops: the reference, and the
+    /// training path off the CPU.
+    pub fn apply_thd_composed(&self, x: &Tensor) -> Result<Tensor> {
         let half = x.dim(D::Minus1)? / 2;
         let x1 = x.narrow(D::Minus1, 0, half)?;
         let x2 = x.narrow(D::Minus1, half, half)?;
