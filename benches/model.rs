@@ -54,6 +54,8 @@ fn random_ids(rng: &mut StdRng, n: usize, first: u32, vocab: u32) -> Vec<u32> {
 }
 
 fn main() -> Result<()> {
+    // As the edco binary does.
+    edco::alloc::tune_for_compute();
     let args = parse()?;
     let trainable = match args.case.as_str() {
         "train" => Trainable::Full,

@@ -1,6 +1,7 @@
 //! edco: fine-tune a pretrained causal LM with EDCO, an entropy-driven dynamic curriculum.
 //! The library holds everything; `main.rs` only parses arguments and reports errors.
 
+pub mod alloc;
 pub mod audit;
 pub mod checkpoint;
 pub mod cli;

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    edco::alloc::tune_for_compute();
     edco::logging::init();
     match edco::cli::run(edco::cli::Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
