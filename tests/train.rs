@@ -403,6 +403,20 @@ fn weights_bytes(run: &Path) -> Vec<u8> {
     .unwrap()
 }
 
+/// A GRPO run of `steps` steps a round, 2 prompts x `generations` completions of up to `length`
+/// tokens, lr 1e-3, no generation in eval.
+fn grpo_config(model: &Path, dir: &Path, extra: &str, generations: usize, length: usize) -> Config {
+    let mut cfg = config(model, dir, extra);
+    cfg.method = edco::config::Method::Grpo;
+    cfg.grpo.steps_per_round = 2;
+    cfg.grpo.prompts_per_step = 2;
+    cfg.grpo.num_generations = generations;
+    cfg.grpo.max_completion_length = length;
+    cfg.grpo.learning_rate = 1e-3;
+    cfg.eval.generate = false;
+    cfg
+}
+
 /// Runs `cfg` (checkpointing every step) to the end, then again from its checkpoint in the middle
 /// of round 2, as if it had died there; the final weights and metrics must agree.
 fn assert_resume_matches(cfg: &Config) {
@@ -459,15 +473,8 @@ fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
     assert_resume_matches(&cfg);
     // GRPO (LoRA): sampled rollouts, two updates per rollout batch.
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(model.path(), dir.path(), extra);
-    cfg.method = edco::config::Method::Grpo;
-    cfg.grpo.steps_per_round = 2;
-    cfg.grpo.prompts_per_step = 2;
-    cfg.grpo.num_generations = 3;
-    cfg.grpo.max_completion_length = 5;
+    let mut cfg = grpo_config(model.path(), dir.path(), extra, 3, 5);
     cfg.grpo.num_iterations = 2;
-    cfg.grpo.learning_rate = 1e-3;
-    cfg.eval.generate = false;
     assert_resume_matches(&cfg);
 }
 
@@ -475,16 +482,8 @@ fn a_run_resumed_mid_round_ends_where_the_uninterrupted_one_does() {
 fn grpo_rolls_out_rewards_and_updates_adapters() {
     let model = fixture_with_tokenizer("tiny-qwen3");
     let dir = tempfile::tempdir().unwrap();
-    let extra = "";
-    let mut cfg = config(model.path(), dir.path(), extra);
-    cfg.method = edco::config::Method::Grpo;
-    cfg.grpo.steps_per_round = 2;
-    cfg.grpo.prompts_per_step = 2;
-    cfg.grpo.num_generations = 4;
-    cfg.grpo.max_completion_length = 6;
-    cfg.grpo.learning_rate = 1e-3;
+    let mut cfg = grpo_config(model.path(), dir.path(), "", 4, 6);
     cfg.grpo.min_learning_rate = 1e-3;
-    cfg.eval.generate = false;
     let run = edco::train::run(&cfg, None, false).unwrap();
     let steps: Vec<serde_json::Value> = lines(&run.join("metrics.jsonl"))
         .into_iter()

@@ -187,15 +187,24 @@ impl Out {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d.as_slice(),
-        _ => candle_core::bail!("attention: {what} must be f32"),
+/// The contiguous f32 data of a CPU operand of `op`; anything else is an error naming `what`.
+pub(super) fn cpu_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let CpuStorage::F32(d) = s else {
+        candle_core::bail!("{op}: {what} must be f32");
     };
     match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("attention: {what} must be contiguous"),
+        Some((start, end)) => Ok(&d[start..end]),
+        None => candle_core::bail!("{op}: {what} must be contiguous"),
     }
+}
+
+fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    cpu_f32(s, l, "attention", what)
 }
 
 impl CustomOp3 for Attention {

@@ -5,22 +5,13 @@
 //! more, and RMSNorm keeps only its input and one number per row. The composed ops in `layers`
 //! are the reference both are tested against.
 
+use super::cpu_attention::cpu_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Rows per task: the weight gradient is summed per task in a fixed order, so results do not
 /// depend on the number of threads.
 const ROWS: usize = 64;
-
-fn f32_data<'a>(s: &'a CpuStorage, l: &Layout, op: &str, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(d) = s else {
-        candle_core::bail!("{op}: {what} must be f32");
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&d[start..end]),
-        None => candle_core::bail!("{op}: {what} must be contiguous"),
-    }
-}
 
 /// `w * x / sqrt(mean(x^2) + eps)` over the last axis of `x` (f32, CPU), differentiable in `x`
 /// and `w`.
@@ -71,8 +62,8 @@ impl CustomOp2 for RmsNorm {
         ws: &CpuStorage,
         wl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(xs, xl, "rms-norm", "x")?;
-        let w = f32_data(ws, wl, "rms-norm", "the weight")?;
+        let x = cpu_f32(xs, xl, "rms-norm", "x")?;
+        let w = cpu_f32(ws, wl, "rms-norm", "the weight")?;
         let h = w.len();
         if xl.shape().dims().last() != Some(&h) {
             candle_core::bail!("rms-norm: x {:?} against weight ({h})", xl.shape());
@@ -140,9 +131,9 @@ impl CustomOp3 for RmsNormGrad {
         gs: &CpuStorage,
         gl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_data(xs, xl, "rms-norm", "x")?;
-        let w = f32_data(ws, wl, "rms-norm", "the weight")?;
-        let g = f32_data(gs, gl, "rms-norm", "the output gradient")?;
+        let x = cpu_f32(xs, xl, "rms-norm", "x")?;
+        let w = cpu_f32(ws, wl, "rms-norm", "the weight")?;
+        let g = cpu_f32(gs, gl, "rms-norm", "the output gradient")?;
         let h = w.len();
         if g.len() != x.len() || x.len() % h.max(1) != 0 {
             candle_core::bail!(
@@ -228,9 +219,9 @@ impl CustomOp3 for Rope {
                 sl.shape()
             );
         }
-        let x = f32_data(xs, xl, "rope", "x")?;
-        let cos = f32_data(cs, cl, "rope", "cos")?;
-        let sin = f32_data(ss, sl, "rope", "sin")?;
+        let x = cpu_f32(xs, xl, "rope", "x")?;
+        let cos = cpu_f32(cs, cl, "rope", "cos")?;
+        let sin = cpu_f32(ss, sl, "rope", "sin")?;
         let half = d / 2;
         let sign = if self.inverse { -1f32 } else { 1f32 };
         let mut out = vec![0f32; x.len()];
