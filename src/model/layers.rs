@@ -158,22 +158,54 @@ pub struct Linear {
 
 impl Linear {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some(lora) = &self.lora
+            && mode != Mode::BaseOnly
+            && on_cpu_f32(x)
+            && self.weight.dtype() == DType::F32
+            && !self.weight.track_op()
+            // Frozen CPU weights are stored for `x @ W^T` (see `matmul_layout`).
+            && self.weight.t()?.is_contiguous()
+        {
+            let mask = match mode {
+                Mode::Train { seed } if lora.dropout > 0.0 => Some(dropout_mask(
+                    x.elem_count(),
+                    lora.dropout,
+                    self.dropout_seed(seed),
+                )),
+                _ => None,
+            };
+            let wt = self.weight.t()?;
+            let y = super::cpu_lora::lora_linear(x, &wt, &lora.a, &lora.b, lora.scale, mask)?;
+            return match &self.bias {
+                Some(b) => y.broadcast_add(b),
+                None => Ok(y),
+            };
+        }
+        self.composed(x, mode)
+    }
+
+    /// The projection composed of candle's ops: the reference for the CPU op, and the path on
+    /// other devices and dtypes.
+    pub fn composed(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let base = linear(x, &self.weight, self.bias.as_ref())?;
         let Some(lora) = &self.lora else {
             return Ok(base);
         };
         let x = match mode {
             Mode::BaseOnly => return Ok(base),
-            Mode::Train { seed } if lora.dropout > 0.0 => dropout(
-                x,
-                lora.dropout,
-                seed ^ self.stream.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-            )?,
+            Mode::Train { seed } if lora.dropout > 0.0 => {
+                dropout(x, lora.dropout, self.dropout_seed(seed))?
+            }
             _ => x.clone(),
         };
         let a = candle_nn::Linear::new(lora.a.clone(), None);
         let b = candle_nn::Linear::new(lora.b.clone(), None);
         base + (b.forward(&a.forward(&x)?)? * lora.scale)?
+    }
+
+    /// This projection's dropout stream in the step drawn from `seed`.
+    fn dropout_seed(&self, seed: u64) -> u64 {
+        seed ^ self.stream.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
     /// The weight with the adapter folded in: `W + scale * B A`.
@@ -190,13 +222,18 @@ impl Linear {
 
 /// Inverted dropout with a seeded mask, so a training step can be replayed exactly.
 fn dropout(x: &Tensor, p: f32, seed: u64) -> Result<Tensor> {
-    let mut rng = SmallRng::seed_from_u64(seed);
-    let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
-        .collect();
+    let mask = dropout_mask(x.elem_count(), p, seed);
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     x * mask
+}
+
+/// The mask of [`dropout`]: 0 with probability `p`, else 1 / (1 - p).
+fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    (0..n)
+        .map(|_| if rng.random::<f32>() < p { 0.0 } else { keep })
+        .collect()
 }
 
 /// Whether `x` takes the CPU f32 training kernels.
