@@ -8,6 +8,7 @@
 //! (B, H, T, T) tensor alive, and the gradients of Q, K and V come from matrix products per
 //! block. The composed path (`layers::attention`) is the reference both are tested against.
 
+use super::cpu_exp;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -116,21 +117,20 @@ fn softmax_lines(scores: &mut [f32], keys: usize, k0: usize, first_query: usize,
     for (r, line) in scores.chunks_mut(keys).enumerate() {
         // Query first_query + r sees keys up to that absolute index.
         let last = first_query + r;
-        let seen = |j: usize| k0 + j <= last && mask[k0 + j] != 0;
-        let max = (0..keys)
-            .filter(|&j| seen(j))
-            .map(|j| line[j])
-            .fold(f32::NEG_INFINITY, f32::max);
+        // Keys past the query, then padding, are hidden (their exponential is 0).
+        let visible = (last + 1).saturating_sub(k0).min(keys);
+        line[visible..].fill(f32::NEG_INFINITY);
+        for (x, &m) in line[..visible].iter_mut().zip(&mask[k0..]) {
+            if m == 0 {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+        let max = cpu_exp::max(line);
         if max == f32::NEG_INFINITY {
             line.fill(0.0);
             continue;
         }
-        let mut sum = 0f32;
-        for (j, x) in line.iter_mut().enumerate() {
-            *x = if seen(j) { (*x - max).exp() } else { 0.0 };
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
+        let inv = (1.0 / cpu_exp::exp_sum_in_place(line, max)) as f32;
         line.iter_mut().for_each(|x| *x *= inv);
     }
 }

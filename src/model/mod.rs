@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod cpu_attention;
+pub mod cpu_exp;
 pub mod cpu_lora;
 pub mod cpu_norm_rope;
 pub mod generate;

@@ -5,6 +5,7 @@
 //! op reads the logits once forward and writes one (N, V) gradient backward:
 //! d/dx = g * (onehot(target) - softmax(x)). Elsewhere it is the composed form.
 
+use super::cpu_exp;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -50,11 +51,10 @@ fn rows_and_targets<'a>(
     Ok((x, v, t))
 }
 
-/// log Z of one row of logits (f64 accumulation).
+/// log Z of one row of logits.
 fn log_partition(row: &[f32]) -> f32 {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
-    max + sum.ln() as f32
+    let max = cpu_exp::max(row);
+    max + cpu_exp::sum_exp(row, max).ln() as f32
 }
 
 impl CustomOp2 for TokenLogProbs {
@@ -82,15 +82,17 @@ impl CustomOp2 for TokenLogProbs {
         &self,
         logits: &Tensor,
         targets: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = logits.apply_op3_no_bwd(targets, &grad_res.contiguous()?, &Gradient)?;
+        let grad =
+            logits.apply_op3_no_bwd(targets, &Tensor::stack(&[grad_res, res], 1)?, &Gradient)?;
         Ok((Some(grad), None))
     }
 }
 
-/// g * (onehot(target) - softmax(x)), row by row.
+/// g * (onehot(target) - softmax(x)), row by row, for (g, log p(target)) pairs: the forward's
+/// result gives log Z = x[target] - log p(target) without another pass of exponentials.
 struct Gradient;
 
 impl CustomOp3 for Gradient {
@@ -112,15 +114,21 @@ impl CustomOp3 for Gradient {
             candle_core::bail!("token-log-probs: the gradient must be contiguous f32");
         };
         let g = &g[a..b];
+        if g.len() != 2 * t.len() {
+            candle_core::bail!(
+                "token-log-probs: {} gradient values for {} rows",
+                g.len(),
+                t.len()
+            );
+        }
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(v)
             .zip(x.par_chunks(v))
-            .zip(t.par_iter().zip(g.par_iter()))
-            .for_each(|((out, row), (&t, &g))| {
-                let log_z = log_partition(row);
-                for (o, &x) in out.iter_mut().zip(row) {
-                    *o = -g * (x - log_z).exp();
-                }
+            .zip(t.par_iter().zip(g.par_chunks(2)))
+            .for_each(|((out, row), (&t, g_lp))| {
+                let (g, lp) = (g_lp[0], g_lp[1]);
+                let log_z = row[t as usize] - lp;
+                cpu_exp::exp_scaled(out, row, log_z, -g);
                 out[t as usize] += g;
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
