@@ -22,7 +22,7 @@ const ROUND: f32 = 12_582_912.0;
 
 /// exp(x), vectorisable: selects, no branches.
 #[inline(always)]
-fn exp1(x: f32) -> f32 {
+pub(super) fn exp1(x: f32) -> f32 {
     let xc = if x > MAX_X { MAX_X } else { x };
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
@@ -109,8 +109,8 @@ fn max_impl(xs: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &x| if x > m { x } else { m })
 }
 
-/// Defines `pub fn $name` that runs `$impl` built for the best of AVX-512, AVX2 and the baseline
-/// this CPU has.
+/// Defines `pub fn $name` that runs `$impl` (an `#[inline(always)]` function) built for the best
+/// of AVX-512, AVX2 and the baseline this CPU has.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $impl:ident) => {
         $(#[$doc])*
@@ -138,6 +138,8 @@ macro_rules! dispatch {
         }
     };
 }
+
+pub(super) use dispatch;
 
 dispatch!(
     /// `dst[i] = scale * exp(src[i] - shift)` over the shorter of the two.

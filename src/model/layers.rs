@@ -408,9 +408,15 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, mode)?.silu()?;
+        let gate = self.gate_proj.forward(x, mode)?;
         let up = self.up_proj.forward(x, mode)?;
-        self.down_proj.forward(&(gate * up)?, mode)
+        // On the CPU in f32 the product is one op (one pass each way).
+        let h = if on_cpu_f32(&gate) {
+            super::cpu_swiglu::swiglu(&gate, &up)?
+        } else {
+            (gate.silu()? * up)?
+        };
+        self.down_proj.forward(&h, mode)
     }
 }
 

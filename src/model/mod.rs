@@ -8,6 +8,7 @@ pub mod cpu_attention;
 pub mod cpu_exp;
 pub mod cpu_lora;
 pub mod cpu_norm_rope;
+pub mod cpu_swiglu;
 pub mod generate;
 pub mod gguf;
 pub mod layers;
