@@ -1,11 +1,12 @@
 //! Model-layer throughput on CPU, the loops users wait on: a fine-tuning step (forward +
 //! cross-entropy + backward + AdamW; full, or LoRA r = 16 on every projection) at batch 4 x 256,
 //! the prefill of 16 MedQA-sized prompts, and batched greedy generation
-//! with per-token entropy (16 left-padded prompts of 8..40 tokens, 64 new tokens each). The same
+//! with per-token entropy (16 left-padded prompts of 8..40 tokens, 128 new tokens each). The same
 //! shapes as scripts/bench_torch.py, which scripts/bench_model.sh runs beside this for the ratio.
 //!
-//! `cargo bench --bench model -- --gguf FILE --case train|train-lora|generate|prefill [--warmup N] [--steps N]`
-//! prints one JSON object.
+//! `cargo bench --bench model -- --model GGUF_OR_HF_DIR --case train|train-lora|generate|prefill
+//! [--warmup N] [--steps N] [--new-tokens N]` prints one JSON object, with the process's peak
+//! resident memory (model loading included).
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -20,24 +21,27 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::time::Instant;
 
 struct Args {
-    gguf: String,
+    model: String,
     case: String,
     warmup: usize,
     steps: usize,
+    new_tokens: usize,
 }
 
 fn parse() -> Result<Args> {
     let mut a = Args {
-        gguf: String::new(),
+        model: String::new(),
         case: "train".into(),
         warmup: 1,
         steps: 3,
+        new_tokens: 128,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--gguf" => a.gguf = value()?,
+            "--model" | "--gguf" => a.model = value()?,
+            "--new-tokens" => a.new_tokens = value()?.parse()?,
             "--case" => a.case = value()?,
             "--warmup" => a.warmup = value()?.parse()?,
             "--steps" => a.steps = value()?.parse()?,
@@ -45,8 +49,16 @@ fn parse() -> Result<Args> {
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
-    anyhow::ensure!(!a.gguf.is_empty(), "--gguf FILE is required");
+    anyhow::ensure!(!a.model.is_empty(), "--model GGUF_OR_HF_DIR is required");
     Ok(a)
+}
+
+/// The process's peak resident memory so far, in MiB.
+fn peak_rss_mb() -> f64 {
+    // SAFETY: getrusage writes into the zeroed struct it is given.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    usage.ru_maxrss as f64 / 1024.0
 }
 
 fn random_ids(rng: &mut StdRng, n: usize, first: u32, vocab: u32) -> Vec<u32> {
@@ -68,7 +80,7 @@ fn main() -> Result<()> {
     };
     let t0 = Instant::now();
     let m = load(
-        &args.gguf,
+        &args.model,
         &LoadOptions {
             trainable,
             ..Default::default()
@@ -131,7 +143,7 @@ fn main() -> Result<()> {
                 })
                 .collect();
             let opts = GenerateOptions {
-                max_new_tokens: 64,
+                max_new_tokens: args.new_tokens,
                 sampling: Sampling::Greedy,
                 eos_token_ids: vec![],
                 pad_id: m.tokenizer.pad_id(),
@@ -145,15 +157,18 @@ fn main() -> Result<()> {
             let mut mean_entropy = 0f32;
             for _ in 0..args.steps {
                 let gens = generate(&m.model, &prompts, &opts)?;
-                anyhow::ensure!(gens.iter().all(|g| g.tokens.len() == 64));
-                mean_entropy = gens.iter().flat_map(|g| &g.entropies).sum::<f32>() / (16.0 * 64.0);
+                let n = args.new_tokens;
+                anyhow::ensure!(gens.iter().all(|g| g.tokens.len() == n));
+                mean_entropy =
+                    gens.iter().flat_map(|g| &g.entropies).sum::<f32>() / (16 * n) as f32;
             }
             let secs = start.elapsed().as_secs_f64();
             serde_json::json!({
                 "tool": "edco", "case": "generate", "threads": threads, "load_seconds": load_seconds,
-                "prompts": 16, "new_tokens_per_row": 64, "timed_iters": args.steps,
+                "prompts": 16, "new_tokens_per_row": args.new_tokens, "timed_iters": args.steps,
                 "seconds_per_iter": secs / args.steps as f64,
-                "new_tokens_per_s": (16 * 64 * args.steps) as f64 / secs, "mean_entropy": mean_entropy,
+                "new_tokens_per_s": (16 * args.new_tokens * args.steps) as f64 / secs,
+                "mean_entropy": mean_entropy,
             })
         }
         "prefill" => {
@@ -200,6 +215,8 @@ fn main() -> Result<()> {
         }
         other => anyhow::bail!("unknown case {other}: train, train-lora, generate or prefill"),
     };
+    let mut result = result;
+    result["peak_rss_mb"] = peak_rss_mb().into();
     println!("{result}");
     Ok(())
 }

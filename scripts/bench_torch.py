@@ -2,7 +2,8 @@
 """PyTorch/transformers CPU reference timings to compare edco against.
 
 Loads a GGUF checkpoint (e.g. SmolLM2-135M-Instruct) through transformers'
-GGUF support, which dequantizes every tensor to float32, and times one case:
+GGUF support, which dequantizes every tensor to float32, or a Hugging Face
+model directory (as `edco init-model` writes), and times one case:
 
   --case train     forward + backward (cross-entropy on all tokens) + AdamW
                    step on a batch of random tokens (default 4 x 256);
@@ -11,7 +12,7 @@ GGUF support, which dequantizes every tensor to float32, and times one case:
                    no dropout) on every projection, base frozen.
   --case generate  greedy generation for 16 left-padded prompts of 8..40
                    random tokens, exactly --new-tokens new tokens per row
-                   (min_new_tokens = max_new_tokens), with output_scores=True
+                   (min_new_tokens = max_new_tokens, default 128), with output_scores=True
                    and return_dict_in_generate=True so that the per-step
                    logits are materialized as edco does; --warmup untimed
                    runs, then --iters timed runs.
@@ -19,14 +20,16 @@ GGUF support, which dequantizes every tensor to float32, and times one case:
                    tokens (MedQA-sized), logits at the last position only: the
                    first step of entropy scoring; --iters timed runs.
 
-Prints one JSON object on stdout (logs go to stderr). Example:
-  python scripts/bench_torch.py --gguf \
+Prints one JSON object on stdout (logs go to stderr), with the process's peak
+resident memory (model loading included). Example:
+  python scripts/bench_torch.py --model \
       ${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
       --threads 2 --case train
 """
 
 import argparse
 import json
+import resource
 import time
 from pathlib import Path
 
@@ -38,19 +41,30 @@ MIN_PROMPT_LEN = 8
 MAX_PROMPT_LEN = 40
 
 
-def load_model(gguf):
+def load_model(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = Path(gguf)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    path = Path(path)
+    if path.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token_id = tok.eos_token_id
+    # Ordinary token ids: everything above the added (special) tokens, up to the embedding's rows.
+    first = max(tok.added_tokens_decoder) + 1
+    rows = model.config.vocab_size
+    TOKEN_RANGE[:] = [first if first < rows else 0, rows]
     return model, tok
 
 
+TOKEN_RANGE = [0, 0]
+
+
 def random_tokens(gen, tok, shape):
-    """Ordinary token ids: everything above the added (special) tokens."""
-    first = max(tok.added_tokens_decoder) + 1
-    return torch.randint(first, len(tok), shape, generator=gen)
+    return torch.randint(TOKEN_RANGE[0], TOKEN_RANGE[1], shape, generator=gen)
 
 
 def bench_train(model, tok, args, gen):
@@ -170,7 +184,7 @@ def bench_prefill(model, tok, args, gen):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--gguf", required=True, help="GGUF file (Llama architecture)")
+    parser.add_argument("--model", "--gguf", dest="model", required=True, help="GGUF file or Hugging Face model directory")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--case", choices=["train", "train-lora", "generate", "prefill"], required=True)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (train) or runs (generate)")
@@ -178,7 +192,7 @@ def main():
     parser.add_argument("--batch", type=int, default=4, help="train batch size")
     parser.add_argument("--seq-len", type=int, default=256, help="train sequence length")
     parser.add_argument("--iters", type=int, default=3, help="timed generate runs")
-    parser.add_argument("--new-tokens", type=int, default=64, help="new tokens per row (generate)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="new tokens per row (generate)")
     args = parser.parse_args()
 
     import transformers
@@ -187,14 +201,14 @@ def main():
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     load_start = time.perf_counter()
-    model, tok = load_model(args.gguf)
+    model, tok = load_model(args.model)
     load_seconds = time.perf_counter() - load_start
 
     bench = {"train": bench_train, "train-lora": bench_train, "generate": bench_generate, "prefill": bench_prefill}[args.case]
     result = {
         "tool": "pytorch",
         "case": args.case,
-        "model": Path(args.gguf).name,
+        "model": Path(args.model).name,
         "dtype": "float32",
         "threads": args.threads,
         "torch": torch.__version__,
@@ -203,6 +217,7 @@ def main():
         "load_seconds": load_seconds,
     }
     result.update(bench(model, tok, args, gen))
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 

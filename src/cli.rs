@@ -324,6 +324,9 @@ pub struct InitModelArgs {
     /// Give the model its own output head instead of sharing the embedding.
     #[arg(long)]
     pub untied: bool,
+    /// Embedding rows (at least the tokenizer's vocabulary); default: the tokenizer's.
+    #[arg(long)]
+    pub vocab_size: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -529,6 +532,7 @@ fn run_init_model(a: InitModelArgs) -> Result<()> {
         num_attention_heads: a.heads,
         num_key_value_heads: a.kv_heads,
         tie_word_embeddings: !a.untied,
+        vocab_size: a.vocab_size,
         seed: a.seed,
     };
     let cfg = crate::init_model::init_model(&spec, a.tokenizer.as_deref(), &a.out)?;

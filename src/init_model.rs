@@ -15,7 +15,8 @@ use rand_distr::{Distribution, Normal};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// Shapes of the model to create; the vocabulary comes from the tokenizer.
+/// Shapes of the model to create; the vocabulary is the tokenizer's unless `vocab_size` asks for
+/// more rows (as real checkpoints pad theirs).
 #[derive(Debug, Clone)]
 pub struct InitSpec {
     pub arch: Arch,
@@ -25,6 +26,8 @@ pub struct InitSpec {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub tie_word_embeddings: bool,
+    /// Embedding rows, at least the tokenizer's vocabulary; None: exactly that.
+    pub vocab_size: Option<usize>,
     pub seed: u64,
 }
 
@@ -85,6 +88,14 @@ pub fn init_model(spec: &InitSpec, tokenizer: Option<&Path>, out: &Path) -> Resu
             spec.num_attention_heads
         );
     }
+    let vocab_size = match spec.vocab_size {
+        None => tok.vocab_size(),
+        Some(n) if n >= tok.vocab_size() => n,
+        Some(n) => bail!(
+            "--vocab-size {n} is smaller than the tokenizer's vocabulary of {}",
+            tok.vocab_size()
+        ),
+    };
     let eos: Vec<u32> = tok
         .meta
         .eos_token
@@ -94,7 +105,7 @@ pub fn init_model(spec: &InitSpec, tokenizer: Option<&Path>, out: &Path) -> Resu
         .collect();
     let config = ModelConfig {
         arch: spec.arch,
-        vocab_size: tok.vocab_size(),
+        vocab_size,
         hidden_size: spec.hidden_size,
         intermediate_size: spec.intermediate_size,
         num_hidden_layers: spec.num_hidden_layers,
@@ -205,5 +216,28 @@ mod tests {
         assert_eq!(ids[0], 257);
         assert_eq!(*ids.last().unwrap(), 258);
         assert_eq!(tok.vocab_size(), 259);
+    }
+
+    #[test]
+    fn vocab_size_pads_the_embedding_and_refuses_less_than_the_tokenizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spec = InitSpec {
+            arch: Arch::Qwen3,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            tie_word_embeddings: true,
+            vocab_size: Some(300),
+            seed: 0,
+        };
+        let out = dir.path().join("m");
+        assert_eq!(init_model(&spec, None, &out).unwrap().vocab_size, 300);
+        let loaded = crate::model::load::load(out.to_str().unwrap(), &Default::default()).unwrap();
+        assert_eq!(loaded.model.config.vocab_size, 300);
+        spec.vocab_size = Some(100);
+        let err = init_model(&spec, None, &dir.path().join("n")).unwrap_err();
+        assert!(err.to_string().contains("--vocab-size 100"), "{err}");
     }
 }

@@ -40,6 +40,7 @@ pub fn tiny_model(arch: Arch, tied: bool, seed: u64) -> tempfile::TempDir {
         num_attention_heads: 4,
         num_key_value_heads: 2,
         tie_word_embeddings: tied,
+        vocab_size: None,
         seed,
     };
     init_model(&spec, None, &dir.path().join("model")).unwrap();
