@@ -1,5 +1,5 @@
 //! Model-layer throughput on CPU, the loops users wait on: a fine-tuning step (forward +
-//! cross-entropy + backward + AdamW; full, or LoRA r = 16 on every projection) at batch 4 x 256,
+//! cross-entropy + backward + the trainer's AdamW; full, or LoRA r = 16 on every projection) at batch 4 x 256,
 //! the prefill of 16 MedQA-sized prompts, and batched greedy generation
 //! with per-token entropy (16 left-padded prompts of 8..40 tokens, 128 new tokens each). The same
 //! shapes as scripts/bench_torch.py, which scripts/bench_model.sh runs beside this for the ratio.
@@ -10,13 +10,13 @@
 
 use anyhow::{Context, Result};
 use candle_core::Device;
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
 use edco::model::lora::LoraConfig;
 use edco::model::token_log_probs::token_log_probs;
 use edco::model::{Batch, Trainable};
+use edco::trainer::optim::{AdamW, AdamWParams, GradAccumulator};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::time::Instant;
 
@@ -100,12 +100,16 @@ fn main() -> Result<()> {
                 .collect();
             let batch = Batch::right_padded(&rows, 0, &Device::Cpu)?;
             let targets = batch.ids.narrow(1, 1, t - 1)?.flatten_all()?;
-            let vars = m.model.vars().iter().map(|(_, v)| v.clone()).collect();
+            // The trainer's optimizer, with PyTorch's AdamW defaults; no clipping, as in the
+            // plain PyTorch loop (the global norm is still computed, as the trainer does).
+            let vars = m.model.vars().to_vec();
             let mut opt = AdamW::new(
-                vars,
-                ParamsAdamW {
-                    lr: 1e-5,
-                    ..Default::default()
+                vars.clone(),
+                AdamWParams {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.01,
                 },
             )?;
             let mut step = |seed: u64| -> Result<f32> {
@@ -113,7 +117,10 @@ fn main() -> Result<()> {
                 let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
                 // The trainer's loss: mean NLL from the per-token log-probs.
                 let loss = token_log_probs(&logits, &targets)?.mean_all()?.neg()?;
-                opt.backward_step(&loss)?;
+                let mut acc = GradAccumulator::new(vars.len());
+                acc.add(&vars, &loss.backward()?)?;
+                let (grads, _norm) = acc.finish(&vars, 0.0)?;
+                opt.apply(&grads, 1e-5)?;
                 Ok(loss.to_scalar::<f32>()?)
             };
             for i in 0..args.warmup {
