@@ -104,6 +104,26 @@ fn inputs<'a>(
     ))
 }
 
+/// The data of k or v (B, Tk, KVH, D) for reading batch row by batch row, and the distance
+/// between rows: a cache with room after each row is contiguous within rows only.
+fn batch_rows<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<(&'a [f32], usize)> {
+    let (b, tk, kvh, d) = l.shape().dims4()?;
+    let row = tk * kvh * d;
+    if l.is_contiguous() {
+        return Ok((f32_slice(s, l, what)?, row));
+    }
+    let CpuStorage::F32(data) = s else {
+        candle_core::bail!("attention: {what} must be f32");
+    };
+    let stride = l.stride();
+    let start = l.start_offset();
+    let end = start + b.saturating_sub(1) * stride[0] + row;
+    if stride[1..] != [kvh * d, d, 1] || stride[0] < row || end > data.len() {
+        candle_core::bail!("attention: {what} must be contiguous within each batch row");
+    }
+    Ok((&data[start..end], stride[0]))
+}
+
 /// The keys a block of queries [i0, i1) may see, [k0, k1), or None when it sees none.
 fn block_keys(mask: &[u8], offset: usize, i1: usize) -> Option<(usize, usize)> {
     let k0 = mask.iter().position(|&m| m != 0)?;
@@ -221,8 +241,10 @@ impl CustomOp3 for Attention {
         vs: &CpuStorage,
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let ((b, tq, tk, h, kvh, d), q, k, v) =
-            inputs((qs, ql), (ks, kl), (vs, vl), &self.key_mask)?;
+        let (b, tq, tk, h, kvh, d) = check_shapes(ql, kl, vl, &self.key_mask)?;
+        let q = f32_slice(qs, ql, "q")?;
+        let (k, k_rows) = batch_rows(ks, kl, "k")?;
+        let (v, v_rows) = batch_rows(vs, vl, "v")?;
         let g = h / kvh;
         let offset = tk - tq;
         let scale = 1.0 / (d as f32).sqrt();
@@ -241,7 +263,8 @@ impl CustomOp3 for Attention {
             };
             let (rows, keys) = (i1 - i0, k1 - k0);
             let q_at = &q[((row * tq + i0) * h + head) * d..];
-            let kv_off = ((row * tk + k0) * kvh + head / g) * d;
+            let kv_at = (k0 * kvh + head / g) * d;
+            let (k_off, v_off) = (row * k_rows + kv_at, row * v_rows + kv_at);
             let mut scores = vec![0f32; rows * keys];
             let (hd, kvd, line) = ((h * d) as isize, (kvh * d) as isize, keys as isize);
             // scores = scale * Q K^T: Q rows are H*D apart, K rows KVH*D apart.
@@ -253,7 +276,7 @@ impl CustomOp3 for Attention {
                     false,
                     q_at.as_ptr(),
                     (1, hd),
-                    k[kv_off..].as_ptr(),
+                    k[k_off..].as_ptr(),
                     (kvd, 1),
                     scale,
                 );
@@ -268,7 +291,7 @@ impl CustomOp3 for Attention {
                     false,
                     scores.as_ptr(),
                     (1, line),
-                    v[kv_off..].as_ptr(),
+                    v[v_off..].as_ptr(),
                     (1, kvd),
                     1.0,
                 );
@@ -496,6 +519,47 @@ mod tests {
         // A decoding step: one query over a longer cache, and a short chunk after a prefix.
         check(2, 1, 40, 6, 3, vec![left(5)[..40].to_vec(), vec![1; 40]]);
         check(1, 7, 40, 2, 1, vec![vec![1; 40]]);
+    }
+
+    #[test]
+    fn reads_keys_and_values_with_room_after_each_batch_row() {
+        // A cache buffer of 64 steps holding 40: rows 64 * KVH * D apart.
+        let dev = Device::Cpu;
+        let (b, tk, h, kvh, d) = (2, 40, 6, 3, 16);
+        let q = Tensor::randn(0f32, 1.0, (b, 1, h, d), &dev).unwrap();
+        let room = |x: u64| {
+            Tensor::randn(x as f32, 1.0, (b, 64, kvh, d), &dev)
+                .unwrap()
+                .narrow(1, 0, tk)
+                .unwrap()
+        };
+        let (k, v) = (room(0), room(1));
+        assert!(!k.is_contiguous());
+        let mask = vec![vec![1u8; tk]; b];
+        let ours = attention(&q, &k, &v, &mask).unwrap();
+        let want = attention(
+            &q,
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            &mask,
+        );
+        let diff = (ours - want.unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        // A layout that is strided within a row is refused, not misread.
+        let bad = k
+            .transpose(2, 3)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        let err = attention(&q, &bad, &v, &mask).unwrap_err();
+        assert!(err.to_string().contains("within each batch row"), "{err}");
     }
 
     #[test]

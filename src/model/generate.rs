@@ -314,32 +314,29 @@ fn prefill(model: &Decoder, batch: &Batch) -> Result<(Tensor, Vec<LayerCache>)> 
     if chunks.len() == 1 {
         return Ok((logits.remove(0), chunks.remove(0)));
     }
-    let mut caches = model.new_cache();
-    for (layer, cache) in caches.iter_mut().enumerate() {
-        let part = |f: fn(&LayerCache) -> &Option<Tensor>| -> Result<Option<Tensor>> {
-            let parts = chunks
-                .iter()
-                .map(|c| {
-                    f(&c[layer]).as_ref().ok_or_else(|| {
-                        candle_core::Error::Msg(format!("prefill left layer {layer} uncached"))
+    let layers = chunks[0].len();
+    let caches = (0..layers)
+        .map(|layer| {
+            let part = |f: fn(&LayerCache) -> Option<&Tensor>| -> Result<Tensor> {
+                let parts = chunks
+                    .iter()
+                    .map(|c| {
+                        f(&c[layer]).ok_or_else(|| {
+                            candle_core::Error::Msg(format!("prefill left layer {layer} uncached"))
+                        })
                     })
-                })
-                .collect::<Result<Vec<&Tensor>>>()?;
-            Ok(Some(Tensor::cat(&parts, 0)?))
-        };
-        cache.k = part(|c| &c.k)?;
-        cache.v = part(|c| &c.v)?;
-    }
+                    .collect::<Result<Vec<&Tensor>>>()?;
+                Tensor::cat(&parts, 0)
+            };
+            Ok(LayerCache::new(part(LayerCache::k)?, part(LayerCache::v)?))
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok((Tensor::cat(&logits, 0)?, caches))
 }
 
 /// Keeps (or repeats) the batch rows `idx` of every layer's cache.
 fn select_rows(caches: &mut [LayerCache], idx: &Tensor) -> Result<()> {
-    for c in caches.iter_mut() {
-        c.k = c.k.as_ref().map(|k| k.index_select(idx, 0)).transpose()?;
-        c.v = c.v.as_ref().map(|v| v.index_select(idx, 0)).transpose()?;
-    }
-    Ok(())
+    caches.iter_mut().try_for_each(|c| c.select_rows(idx))
 }
 
 #[cfg(test)]

@@ -53,11 +53,100 @@ struct Block {
 }
 
 /// One layer's keys and values so far: (B, T, KVH, D) each on the CPU in f32, (B, KVH, T, D)
-/// elsewhere.
+/// elsewhere. On the CPU in f32 they are views of buffers with room along the time axis, and a
+/// generation step writes its keys into the room (doubling it when full) instead of copying the
+/// whole cache into a new tensor, which made a long generation quadratic in its length.
 #[derive(Default)]
 pub struct LayerCache {
-    pub k: Option<Tensor>,
-    pub v: Option<Tensor>,
+    k: Option<Tensor>,
+    v: Option<Tensor>,
+    /// The buffers `k` and `v` are the first time steps of; only `append` sets it, so a cache
+    /// built any other way never writes into a buffer that something else still reads.
+    room: Option<(Tensor, Tensor, usize)>,
+}
+
+impl LayerCache {
+    /// A cache holding `k` and `v` as they are.
+    pub fn new(k: Tensor, v: Tensor) -> Self {
+        Self {
+            k: Some(k),
+            v: Some(v),
+            room: None,
+        }
+    }
+
+    pub fn k(&self) -> Option<&Tensor> {
+        self.k.as_ref()
+    }
+
+    pub fn v(&self) -> Option<&Tensor> {
+        self.v.as_ref()
+    }
+
+    /// Keeps (or repeats) the batch rows `idx`, and the room after them.
+    pub fn select_rows(&mut self, idx: &Tensor) -> Result<()> {
+        let (Some(k), Some(v)) = (&self.k, &self.v) else {
+            return Ok(());
+        };
+        *self = match &self.room {
+            Some((rk, rv, axis)) => {
+                let len = k.dim(*axis)?;
+                let (rk, rv) = (rk.index_select(idx, 0)?, rv.index_select(idx, 0)?);
+                Self {
+                    k: Some(rk.narrow(*axis, 0, len)?),
+                    v: Some(rv.narrow(*axis, 0, len)?),
+                    room: Some((rk, rv, *axis)),
+                }
+            }
+            None => Self::new(k.index_select(idx, 0)?, v.index_select(idx, 0)?),
+        };
+        Ok(())
+    }
+
+    /// Extends the cache by `k` and `v` along `axis` and returns all keys and values so far.
+    /// With `in_room`, they are written into the buffers' room (the result is then a view that
+    /// is not contiguous across the batch); otherwise concatenated.
+    fn append(
+        &mut self,
+        k: Tensor,
+        v: Tensor,
+        axis: usize,
+        in_room: bool,
+    ) -> Result<(Tensor, Tensor)> {
+        let (k, v) = match (self.k.take(), self.v.take()) {
+            (Some(pk), Some(pv)) if in_room => {
+                let (len, t) = (pk.dim(axis)?, k.dim(axis)?);
+                let (rk, rv) = match self.room.take() {
+                    Some((rk, rv, a)) if a == axis && rk.dim(axis)? >= len + t => (rk, rv),
+                    _ => {
+                        // Twice what is needed: the copies below happen a logarithmic number
+                        // of times over a generation.
+                        let grow = |p: &Tensor| -> Result<Tensor> {
+                            let mut dims = p.dims().to_vec();
+                            dims[axis] = 2 * (len + t);
+                            let buf = Tensor::zeros(dims, p.dtype(), p.device())?;
+                            buf.slice_set(&p.contiguous()?, axis, 0)?;
+                            Ok(buf)
+                        };
+                        (grow(&pk)?, grow(&pv)?)
+                    }
+                };
+                rk.slice_set(&k.contiguous()?, axis, len)?;
+                rv.slice_set(&v.contiguous()?, axis, len)?;
+                let out = (rk.narrow(axis, 0, len + t)?, rv.narrow(axis, 0, len + t)?);
+                self.room = Some((rk, rv, axis));
+                out
+            }
+            (Some(pk), Some(pv)) => (
+                Tensor::cat(&[&pk, &k], axis)?.contiguous()?,
+                Tensor::cat(&[&pv, &v], axis)?.contiguous()?,
+            ),
+            _ => (k.contiguous()?, v.contiguous()?),
+        };
+        self.k = Some(k.clone());
+        self.v = Some(v.clone());
+        Ok((k, v))
+    }
 }
 
 /// A padded batch: token ids (B, T) u32, 0/1 attention mask per row, position ids (B, T) u32.
@@ -491,21 +580,15 @@ impl Decoder {
                 let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
                 (rope.apply(&q, fused)?, rope.apply(&k, fused)?, v, 2)
             };
-            let (k, v) = match (keep_cache, &cache.k, &cache.v) {
-                (true, Some(pk), Some(pv)) => (
-                    Tensor::cat(&[pk, &k], time_axis)?,
-                    Tensor::cat(&[pv, &v], time_axis)?,
-                ),
-                _ => (k, v),
+            let (k, v) = if keep_cache {
+                // The CPU kernel reads keys and values batch row by batch row, so the cache can
+                // keep room after each row.
+                cache.append(k, v, time_axis, cpu_kernel && fused)?
+            } else {
+                (k, v)
             };
-            if keep_cache {
-                cache.k = Some(k.contiguous()?);
-                cache.v = Some(v.contiguous()?);
-            }
             let attn = match &mask {
-                None if fused => {
-                    cpu_attention::attention(&q, &k.contiguous()?, &v.contiguous()?, key_mask)?
-                }
+                None if fused => cpu_attention::attention(&q.contiguous()?, &k, &v, key_mask)?,
                 None => cpu_attention::attention_with_grad(
                     &q.contiguous()?,
                     &k.contiguous()?,
@@ -582,5 +665,45 @@ impl Decoder {
             out.push(("lm_head.weight".to_string(), self.lm_head.clone()));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+
+    #[test]
+    fn appending_in_room_keeps_what_concatenation_keeps() {
+        // A prefill of 5 steps, then steps of 1 and 3 past several regrowths of the room.
+        let dev = Device::Cpu;
+        let step = |t: usize, x: f32| Tensor::randn(x, 1.0, (2, t, 3, 4), &dev).unwrap();
+        let (mut roomy, mut plain) = (LayerCache::default(), LayerCache::default());
+        for (i, t) in [5, 1, 1, 3, 1, 1, 1, 3, 3, 1, 1, 3].into_iter().enumerate() {
+            let (k, v) = (step(t, i as f32), step(t, -(i as f32)));
+            let (rk, rv) = roomy.append(k.clone(), v.clone(), 1, true).unwrap();
+            let (pk, pv) = plain.append(k, v, 1, false).unwrap();
+            assert!(pk.is_contiguous());
+            for (a, b) in [(&rk, &pk), (&rv, &pv)] {
+                assert_eq!(a.dims(), b.dims());
+                let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "after append {i}");
+            }
+        }
+        // The room outgrew the first buffer and the views kept the first steps.
+        assert_eq!(roomy.k().unwrap().dim(1).unwrap(), 24);
+        assert!(!roomy.k().unwrap().is_contiguous());
+        // Dropping a row keeps the room; the next step appends into it.
+        let idx = Tensor::new(&[1u32], &dev).unwrap();
+        roomy.select_rows(&idx).unwrap();
+        plain.select_rows(&idx).unwrap();
+        let (k, v) = (step(1, 7.0), step(1, 8.0));
+        let (k, v) = (k.narrow(0, 0, 1).unwrap(), v.narrow(0, 0, 1).unwrap());
+        let (rk, rv) = roomy.append(k.clone(), v.clone(), 1, true).unwrap();
+        let (pk, pv) = plain.append(k, v, 1, false).unwrap();
+        assert_eq!(rk.dims(), &[1, 25, 3, 4]);
+        for (a, b) in [(&rk, &pk), (&rv, &pv)] {
+            let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "after dropping a row");
+        }
     }
 }
