@@ -101,6 +101,19 @@ fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> R
     f(cpu_f32(s, layout, "lora", what)?)
 }
 
+/// The adapter's first product `xd A^T` (m, r) for `xd` (m, k) and A (r, k).
+fn down(xd: &[f32], a: &[f32], m: usize, k: usize, r: usize) -> Result<Vec<f32>> {
+    let mut h = vec![0f32; m * r];
+    gemm(
+        &mut h,
+        false,
+        Mat::rows(xd, m, k),
+        Mat::rows(a, r, k).t(),
+        1.0,
+    )?;
+    Ok(h)
+}
+
 /// `x * mask`, or `x` itself without dropout.
 fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'a [f32] {
     match mask {
@@ -191,14 +204,7 @@ impl CustomOp3 for LoraLinear {
         })?;
         let mut buf = Vec::new();
         let xd = masked(x, self.mask.as_deref(), &mut buf);
-        let mut h = vec![0f32; m * r];
-        gemm(
-            &mut h,
-            false,
-            Mat::rows(xd, m, k),
-            Mat::rows(a, r, k).t(),
-            1.0,
-        )?;
+        let h = down(xd, a, m, k, r)?;
         gemm(
             &mut out,
             true,
@@ -316,14 +322,7 @@ impl CustomOp2 for LoraGrad {
                     Mat::rows(xd, m, k),
                     self.scale,
                 )?;
-                let mut h = vec![0f32; m * r];
-                gemm(
-                    &mut h,
-                    false,
-                    Mat::rows(xd, m, k),
-                    Mat::rows(a, r, k).t(),
-                    1.0,
-                )?;
+                let h = down(xd, a, m, k, r)?;
                 gemm(
                     db,
                     false,
@@ -340,20 +339,8 @@ impl CustomOp2 for LoraGrad {
 #[cfg(test)]
 mod tests {
     use crate::model::layers::{Linear, LoraAdapter, Mode, matmul_layout};
-    use candle_core::{D, Device, Tensor, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::testing::{max_diff, value_and_grad_diffs};
+    use candle_core::{Device, Tensor, Var};
 
     /// A projection (out 24, in 20) with an r = 4 adapter whose B is not zero.
     fn projection(dropout: f32) -> (Linear, Var, Var) {
@@ -385,16 +372,9 @@ mod tests {
         let ours = lin.forward(&x, mode).unwrap();
         let theirs = lin.composed(&x, mode).unwrap();
         assert_eq!(ours.dims(), &[2, 35, 24]);
-        assert!(max_diff(&ours, &theirs) < 1e-5, "{mode:?}");
-        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gt = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("x", &x), ("A", &a), ("B", &b)] {
-            let d = max_diff(go.get(v).unwrap(), gt.get(v).unwrap());
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x, &a, &b]);
+        assert!(value < 1e-5, "{mode:?}: values differ by {value}");
+        for (name, d) in ["x", "A", "B"].iter().zip(grads) {
             assert!(d < 1e-4, "{mode:?}: d{name} differs by {d}");
         }
     }

@@ -266,20 +266,8 @@ impl CustomOp3 for Rope {
 mod tests {
     use super::*;
     use crate::model::layers::RmsNorm as Composed;
-    use candle_core::{D, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::testing::value_and_grad_diffs;
+    use candle_core::{Device, Var};
 
     #[test]
     fn rms_norm_matches_the_composed_op_in_values_and_gradients() {
@@ -294,16 +282,9 @@ mod tests {
         };
         let ours = rms_norm(&x, &w, 1e-5).unwrap();
         let theirs = reference.composed(&x).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-5);
-        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gt = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let dx = max_diff(go.get(&x).unwrap(), gt.get(&x).unwrap());
-        let dw = max_diff(go.get(&w).unwrap(), gt.get(&w).unwrap());
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x, &w]);
+        assert!(value < 1e-5, "values differ by {value}");
+        let (dx, dw) = (grads[0], grads[1]);
         assert!(dx < 1e-5 && dw < 1e-3, "dx {dx}, dw {dw}");
         // A frozen weight gets no gradient computed.
         let frozen = w.as_tensor().detach();
@@ -331,14 +312,7 @@ mod tests {
         let (cos, sin) = tables.halves();
         let ours = rope_thd(&x, cos, sin).unwrap();
         let theirs = tables.apply_thd_composed(&x).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-6);
-        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gt = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        assert!(max_diff(go.get(&x).unwrap(), gt.get(&x).unwrap()) < 1e-6);
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x]);
+        assert!(value < 1e-6 && grads[0] < 1e-6, "{value}, {grads:?}");
     }
 }

@@ -134,20 +134,8 @@ impl CustomOp3 for SwigluGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(D::Minus1)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
-    }
+    use crate::model::testing::value_and_grad_diffs;
+    use candle_core::{Device, Var};
 
     #[test]
     fn swiglu_matches_the_composed_ops_in_values_and_gradients() {
@@ -158,16 +146,9 @@ mod tests {
         let g = Tensor::randn(0f32, 1.0, (3, 50, 130), &dev).unwrap();
         let ours = swiglu(&gate, &up).unwrap();
         let theirs = (gate.silu().unwrap() * up.as_tensor()).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-5);
-        let go = (ours * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        let gt = (theirs * &g)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        for (name, v) in [("gate", &gate), ("up", &up)] {
-            let d = max_diff(go.get(v).unwrap(), gt.get(v).unwrap());
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&gate, &up]);
+        assert!(value < 1e-5, "values differ by {value}");
+        for (name, d) in ["gate", "up"].iter().zip(grads) {
             assert!(d < 1e-5, "d{name} differs by {d}");
         }
     }

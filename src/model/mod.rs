@@ -668,6 +668,42 @@ impl Decoder {
     }
 }
 
+/// Checks shared by the tests of the CPU ops against their composed references.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{D, Tensor};
+
+    pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The largest difference between `ours` and `theirs`, then between their gradients with
+    /// respect to each of `wrt` under the loss sum(out * g).
+    pub fn value_and_grad_diffs(
+        ours: &Tensor,
+        theirs: &Tensor,
+        g: &Tensor,
+        wrt: &[&Tensor],
+    ) -> (f32, Vec<f32>) {
+        let grads = |out: &Tensor| (out * g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (go, gt) = (grads(ours), grads(theirs));
+        let diffs = wrt
+            .iter()
+            .map(|v| max_diff(go.get(v).unwrap(), gt.get(v).unwrap()))
+            .collect();
+        (max_diff(ours, theirs), diffs)
+    }
+}
+
 #[cfg(test)]
 mod cache_tests {
     use super::*;
