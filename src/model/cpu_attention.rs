@@ -208,7 +208,7 @@ impl Out {
 }
 
 /// The contiguous f32 data of a CPU operand of `op`; anything else is an error naming `what`.
-pub(super) fn cpu_f32<'a>(
+pub(crate) fn cpu_f32<'a>(
     s: &'a CpuStorage,
     l: &Layout,
     op: &str,

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 /// A matrix operand for [`gemm`]: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
+pub(super) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -24,7 +24,7 @@ struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     /// A row-major (rows, cols) matrix.
-    fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(super) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self {
             data,
             rows,
@@ -51,8 +51,9 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`; `dst` row-major.
-fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
+/// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`; `dst` row-major;
+/// the extents of every operand checked against its slice.
+pub(super) fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     if rhs.rows != k || dst.len() != m * n || !lhs.fits() || !rhs.fits() {
         candle_core::bail!(
@@ -93,12 +94,16 @@ fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) -> Res
 }
 
 /// Runs `f` on the contiguous f32 values of a CPU tensor held by an op.
-fn with_f32<R>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_f32<R>(
+    t: &Tensor,
+    (op, what): (&str, &str),
+    f: impl FnOnce(&[f32]) -> Result<R>,
+) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("lora: {what} must be on the CPU");
+        candle_core::bail!("{op}: {what} must be on the CPU");
     };
-    f(cpu_f32(s, layout, "lora", what)?)
+    f(cpu_f32(s, layout, op, what)?)
 }
 
 /// The adapter's first product `xd A^T` (m, r) for `xd` (m, k) and A (r, k).
@@ -193,7 +198,7 @@ impl CustomOp3 for LoraLinear {
         let a = cpu_f32(as_, al, "lora", "A")?;
         let b = cpu_f32(bs, bl, "lora", "B")?;
         let mut out = vec![0f32; m * n];
-        with_f32(&self.wt, "the frozen weight", |wt| {
+        with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
             gemm(
                 &mut out,
                 false,
@@ -287,12 +292,12 @@ impl CustomOp2 for LoraGrad {
         let mut flat = vec![0f32; nx + r * k + n * r];
         let (dx, rest) = flat.split_at_mut(nx);
         let (da, db) = rest.split_at_mut(r * k);
-        with_f32(&self.a, "A", |a| {
-            with_f32(&self.b, "B", |b| {
+        with_f32(&self.a, ("lora", "A"), |a| {
+            with_f32(&self.b, ("lora", "B"), |b| {
                 let mut u = vec![0f32; m * r];
                 gemm(&mut u, false, Mat::rows(g, m, n), Mat::rows(b, n, r), 1.0)?;
                 if self.want_dx {
-                    with_f32(&self.wt, "the frozen weight", |wt| {
+                    with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
                         gemm(dx, false, Mat::rows(g, m, n), Mat::rows(wt, k, n).t(), 1.0)
                     })?;
                     match &self.mask {
@@ -376,6 +381,30 @@ mod tests {
         assert!(value < 1e-5, "{mode:?}: values differ by {value}");
         for (name, d) in ["x", "A", "B"].iter().zip(grads) {
             assert!(d < 1e-4, "{mode:?}: d{name} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn lora_op_called_directly_matches_the_formula_with_a_given_mask() {
+        // x W^T + scale ((x * mask) A^T) B^T, written out with candle's ops.
+        let dev = Device::Cpu;
+        let (lin, a, b) = projection(0.0);
+        let x = Var::randn(0f32, 1.0, (70, 20), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (70, 24), &dev).unwrap();
+        let mask: Vec<f32> = (0..70 * 20).map(|i| [0.0, 2.0][i % 3 % 2]).collect();
+        let wt = lin.weight.t().unwrap();
+        let ours = super::lora_linear(&x, &wt, &a, &b, 1.5, Some(mask.clone())).unwrap();
+        let xd = (x.as_tensor() * Tensor::from_vec(mask, (70, 20), &dev).unwrap()).unwrap();
+        let adapter = xd
+            .matmul(&a.t().unwrap())
+            .unwrap()
+            .matmul(&b.t().unwrap())
+            .unwrap();
+        let theirs = (x.matmul(&wt).unwrap() + (adapter * 1.5).unwrap()).unwrap();
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x, &a, &b]);
+        assert!(value < 1e-5, "values differ by {value}");
+        for (name, d) in ["x", "A", "B"].iter().zip(grads) {
+            assert!(d < 1e-4, "d{name} differs by {d}");
         }
     }
 

@@ -86,53 +86,24 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use candle_core::{CpuStorage, Storage};
+        use super::cpu_lora::{Mat, gemm, with_f32};
         let (k, n) = self.wt.dims2()?;
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("frozen-matmul: input {:?} against weight ({k}, {n})", dims);
         }
-        let (CpuStorage::F32(x), Some((start, end))) = (storage, layout.contiguous_offsets())
-        else {
-            candle_core::bail!("frozen-matmul: the input must be contiguous f32");
-        };
-        let x = &x[start..end];
+        let x = super::cpu_attention::cpu_f32(storage, layout, "frozen-matmul", "the input")?;
         let m = x.len() / k.max(1);
-        let (w_storage, w_layout) = self.wt.storage_and_layout();
-        let (Storage::Cpu(CpuStorage::F32(w)), Some((ws, we))) =
-            (&*w_storage, w_layout.contiguous_offsets())
-        else {
-            candle_core::bail!("frozen-matmul: the weight must be contiguous f32 on the CPU");
-        };
-        let w = &w[ws..we];
         let mut out = vec![0f32; m * n];
-        // SAFETY: the slices hold m x k, k x n and m x n elements, with the strides given.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
-            );
-        }
+        with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
+            gemm(&mut out, false, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
+        })?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = n;
-        Ok((CpuStorage::F32(out), candle_core::Shape::from(shape)))
+        Ok((
+            candle_core::CpuStorage::F32(out),
+            candle_core::Shape::from(shape),
+        ))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {

@@ -167,10 +167,7 @@ mod in_place {
     }
 
     fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-        match (s, l.contiguous_offsets()) {
-            (CpuStorage::F32(d), Some((a, b))) => Ok(&d[a..b]),
-            _ => candle_core::bail!("adamw: {what} must be contiguous f32"),
-        }
+        crate::model::cpu_attention::cpu_f32(s, l, "adamw", what)
     }
 
     fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {
@@ -467,11 +464,15 @@ mod tests {
                 opt.m[1] = every_other.narrow(1, 0, 1).unwrap().squeeze(1).unwrap();
                 assert!(!opt.m[0].is_contiguous() && !opt.m[1].is_contiguous());
             }
+            let moments: Vec<_> = opt.m.iter().map(|m| m.id()).collect();
             for step in 0..3u64 {
                 let g2 = Tensor::from_vec(values(120_000, 10 + step), (40, 3000), &dev).unwrap();
                 let g1 = Tensor::from_vec(values(70, 20 + step), 70, &dev).unwrap();
                 opt.apply(&[g2, g1], 1e-3 * (step + 1) as f64).unwrap();
             }
+            // The in-place path keeps the moment tensors; the composed ops replace them.
+            let kept = opt.m.iter().zip(&moments).all(|(m, &id)| m.id() == id);
+            assert_eq!(kept, !composed, "composed: {composed}");
             [w2, w1]
                 .iter()
                 .flat_map(|w| {
