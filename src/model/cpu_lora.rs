@@ -9,8 +9,10 @@
 //! `layers` composes the same sum and is the reference this op is tested against.
 
 use super::cpu_attention::cpu_f32;
+use super::cpu_decode::PackedWeight;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// A matrix operand for [`gemm`]: element (i, j) is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -132,7 +134,8 @@ fn masked<'a>(x: &'a [f32], mask: Option<&[f32]>, buf: &'a mut Vec<f32>) -> &'a 
 
 /// `x W^T + scale * ((x * mask) A^T) B^T` for `x` (..., in), the frozen weight given as
 /// `wt` = W^T (in, out), `a` (r, in), `b` (out, r); differentiable in `x`, `a` and `b`.
-/// `mask` (x's shape, or none) is the inverted-dropout mask of the adapter's input.
+/// `mask` (x's shape, or none) is the inverted-dropout mask of the adapter's input. `packed`, the
+/// same weight packed for a few rows, computes the base product when given.
 pub fn lora_linear(
     x: &Tensor,
     wt: &Tensor,
@@ -140,6 +143,7 @@ pub fn lora_linear(
     b: &Tensor,
     scale: f64,
     mask: Option<Vec<f32>>,
+    packed: Option<Arc<PackedWeight>>,
 ) -> Result<Tensor> {
     if let Some(mask) = &mask
         && mask.len() != x.elem_count()
@@ -153,6 +157,7 @@ pub fn lora_linear(
             wt: wt.contiguous()?,
             scale: scale as f32,
             mask,
+            packed,
         },
     )
 }
@@ -162,6 +167,7 @@ struct LoraLinear {
     wt: Tensor,
     scale: f32,
     mask: Option<Vec<f32>>,
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl LoraLinear {
@@ -198,15 +204,18 @@ impl CustomOp3 for LoraLinear {
         let a = cpu_f32(as_, al, "lora", "A")?;
         let b = cpu_f32(bs, bl, "lora", "B")?;
         let mut out = vec![0f32; m * n];
-        with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
-            gemm(
-                &mut out,
-                false,
-                Mat::rows(x, m, k),
-                Mat::rows(wt, k, n),
-                1.0,
-            )
-        })?;
+        match &self.packed {
+            Some(p) => p.matmul(&mut out, x, m)?,
+            None => with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
+                gemm(
+                    &mut out,
+                    false,
+                    Mat::rows(x, m, k),
+                    Mat::rows(wt, k, n),
+                    1.0,
+                )
+            })?,
+        }
         let mut buf = Vec::new();
         let xd = masked(x, self.mask.as_deref(), &mut buf);
         let h = down(xd, a, m, k, r)?;
@@ -363,6 +372,7 @@ mod tests {
                 dropout,
             }),
             stream: 3,
+            packed: Default::default(),
         };
         (lin, a, b)
     }
@@ -393,9 +403,35 @@ mod tests {
         let g = Tensor::randn(0f32, 1.0, (70, 24), &dev).unwrap();
         let mask: Vec<f32> = (0..70 * 20).map(|i| [0.0, 2.0][i % 3 % 2]).collect();
         let wt = lin.weight.t().unwrap();
-        let ours = super::lora_linear(&x, &wt, &a, &b, 1.5, Some(mask.clone())).unwrap();
+        let ours = super::lora_linear(&x, &wt, &a, &b, 1.5, Some(mask.clone()), None).unwrap();
         let xd = (x.as_tensor() * Tensor::from_vec(mask, (70, 20), &dev).unwrap()).unwrap();
         let adapter = xd
+            .matmul(&a.t().unwrap())
+            .unwrap()
+            .matmul(&b.t().unwrap())
+            .unwrap();
+        let theirs = (x.matmul(&wt).unwrap() + (adapter * 1.5).unwrap()).unwrap();
+        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x, &a, &b]);
+        assert!(value < 1e-5, "values differ by {value}");
+        for (name, d) in ["x", "A", "B"].iter().zip(grads) {
+            assert!(d < 1e-4, "d{name} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn a_few_rows_take_the_packed_base_and_keep_values_and_gradients() {
+        // x W^T + scale (x A^T) B^T written out with candle's ops, for a decoding step's rows.
+        let dev = Device::Cpu;
+        let (lin, a, b) = projection(0.0);
+        let x = Var::randn(0f32, 1.0, (5, 20), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (5, 24), &dev).unwrap();
+        let ours = lin.forward(&x, Mode::Eval).unwrap();
+        assert_eq!(
+            lin.packed.is_packed(),
+            crate::model::cpu_decode::kernel_available()
+        );
+        let wt = lin.weight.t().unwrap();
+        let adapter = x
             .matmul(&a.t().unwrap())
             .unwrap()
             .matmul(&b.t().unwrap())
@@ -447,10 +483,10 @@ mod tests {
         let a = Tensor::zeros((4, 20), candle_core::DType::F32, &dev).unwrap();
         let b = Tensor::zeros((24, 4), candle_core::DType::F32, &dev).unwrap();
         let x = Tensor::zeros((3, 21), candle_core::DType::F32, &dev).unwrap();
-        let err = super::lora_linear(&x, &wt, &a, &b, 1.0, None).unwrap_err();
+        let err = super::lora_linear(&x, &wt, &a, &b, 1.0, None, None).unwrap_err();
         assert!(err.to_string().contains("do not fit"), "{err}");
         let x = Tensor::zeros((3, 20), candle_core::DType::F32, &dev).unwrap();
-        let err = super::lora_linear(&x, &wt, &a, &b, 1.0, Some(vec![1.0; 7])).unwrap_err();
+        let err = super::lora_linear(&x, &wt, &a, &b, 1.0, Some(vec![1.0; 7]), None).unwrap_err();
         assert!(err.to_string().contains("dropout mask"), "{err}");
     }
 }

@@ -5,6 +5,10 @@
 
 use candle_core::{D, DType, Module, Result, Tensor};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
+use std::sync::Arc;
+
+pub use super::cpu_decode::PackedCache;
+use super::cpu_decode::PackedWeight;
 
 /// Where a forward pass runs. Only `Train` builds a graph that gradients flow through: the
 /// other modes use candle's fused RMSNorm, RoPE and softmax kernels, which are faster and carry
@@ -50,16 +54,28 @@ pub fn matmul_layout(weight: &Tensor) -> Result<Tensor> {
 /// `x @ W^T (+ b)`. When a gradient flows back through `x` but not into the weight (a frozen
 /// f32 weight on the CPU: LoRA's base, the frozen head), the backward computes only `x`'s
 /// gradient; candle's matmul backward would also compute the weight's, a third of a linear
-/// layer's training FLOPs, and throw it away.
-pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let frozen = x.track_op()
+/// layer's training FLOPs, and throw it away. A product of a few rows against such a weight (a
+/// decoding step) runs on the weight packed in `packed` (see `cpu_decode`).
+pub fn linear(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    packed: &PackedCache,
+) -> Result<Tensor> {
+    let frozen = on_cpu_f32(x)
         && !weight.track_op()
         && weight.device().is_cpu()
-        && weight.dtype() == DType::F32
-        && x.dtype() == DType::F32;
-    let y = if frozen {
+        && weight.dtype() == DType::F32;
+    let rows = x.elem_count() / weight.dim(1)?.max(1);
+    let packed = if frozen {
+        packed.get(weight, rows)?
+    } else {
+        None
+    };
+    let y = if frozen && (x.track_op() || packed.is_some()) {
         x.contiguous()?.apply_op1(FrozenMatmul {
             wt: weight.t()?.contiguous()?,
+            packed,
         })?
     } else {
         candle_nn::Linear::new(weight.clone(), None).forward(x)?
@@ -74,6 +90,8 @@ pub fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tens
 struct FrozenMatmul {
     /// (in, out), contiguous.
     wt: Tensor,
+    /// The same weight packed for a few rows, when the product has that few.
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl candle_core::CustomOp1 for FrozenMatmul {
@@ -95,9 +113,12 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         let x = super::cpu_attention::cpu_f32(storage, layout, "frozen-matmul", "the input")?;
         let m = x.len() / k.max(1);
         let mut out = vec![0f32; m * n];
-        with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
-            gemm(&mut out, false, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
-        })?;
+        match &self.packed {
+            Some(p) => p.matmul(&mut out, x, m)?,
+            None => with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
+                gemm(&mut out, false, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
+            })?,
+        }
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = n;
         Ok((
@@ -125,6 +146,8 @@ pub struct Linear {
     pub lora: Option<LoraAdapter>,
     /// Distinguishes this projection's dropout stream from the others' in the same step.
     pub stream: u64,
+    /// The frozen weight packed for decoding steps, made on first use.
+    pub packed: PackedCache,
 }
 
 impl Linear {
@@ -146,7 +169,10 @@ impl Linear {
                 _ => None,
             };
             let wt = self.weight.t()?;
-            let y = super::cpu_lora::lora_linear(x, &wt, &lora.a, &lora.b, lora.scale, mask)?;
+            let k = self.weight.dim(1)?;
+            let packed = self.packed.get(&self.weight, x.elem_count() / k.max(1))?;
+            let y =
+                super::cpu_lora::lora_linear(x, &wt, &lora.a, &lora.b, lora.scale, mask, packed)?;
             return match &self.bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
@@ -158,7 +184,7 @@ impl Linear {
     /// The projection composed of candle's ops: the reference for the CPU op, and the path on
     /// other devices and dtypes.
     pub fn composed(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = linear(x, &self.weight, self.bias.as_ref())?;
+        let base = linear(x, &self.weight, self.bias.as_ref(), &self.packed)?;
         let Some(lora) = &self.lora else {
             return Ok(base);
         };
@@ -394,6 +420,7 @@ impl Mlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cpu_decode::{MAX_ROWS, kernel_available};
     use candle_core::{Device, Var};
 
     #[test]
@@ -487,7 +514,6 @@ mod tests {
         let dev = Device::Cpu;
         let w = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
         let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
-        let x = Var::randn(0f32, 1.0, (2, 3, 5), &dev).unwrap();
         let max_diff = |a: &Tensor, b: &Tensor| {
             let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
             d.max(0).unwrap().to_scalar::<f32>().unwrap()
@@ -495,19 +521,25 @@ mod tests {
         // The reference: candle's own Linear over a trainable copy of the weight.
         let trainable = Var::from_tensor(&w).unwrap();
         let reference = candle_nn::Linear::new(trainable.as_tensor().clone(), Some(b.clone()));
-        for weight in [w.clone(), matmul_layout(&w).unwrap()] {
-            let ours = linear(x.as_tensor(), &weight, Some(&b)).unwrap();
-            let plain = reference.forward(x.as_tensor()).unwrap();
-            assert!(max_diff(&ours, &plain) < 1e-5);
-            // A loss that weighs every output differently, so a wrong gradient shows.
-            let weights = Tensor::randn(0f32, 1.0, (2, 3, 6), &dev).unwrap();
-            let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
-            let g_ours = loss(&ours).backward().unwrap();
-            let g_plain = loss(&plain).backward().unwrap();
-            let (a, b) = (g_ours.get(&x).unwrap(), g_plain.get(&x).unwrap());
-            assert!(max_diff(a, b) < 1e-5);
-            // The frozen weight gets no gradient at all.
-            assert!(g_ours.get(&weight).is_none());
+        // A few rows (the packed kernel, where the CPU has one) and more than it takes.
+        for rows in [3, MAX_ROWS + 1] {
+            let x = Var::randn(0f32, 1.0, (2, rows, 5), &dev).unwrap();
+            for weight in [w.clone(), matmul_layout(&w).unwrap()] {
+                let packed = PackedCache::default();
+                let ours = linear(x.as_tensor(), &weight, Some(&b), &packed).unwrap();
+                assert_eq!(packed.is_packed(), rows <= MAX_ROWS && kernel_available());
+                let plain = reference.forward(x.as_tensor()).unwrap();
+                assert!(max_diff(&ours, &plain) < 1e-5);
+                // A loss that weighs every output differently, so a wrong gradient shows.
+                let weights = Tensor::randn(0f32, 1.0, (2, rows, 6), &dev).unwrap();
+                let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
+                let g_ours = loss(&ours).backward().unwrap();
+                let g_plain = loss(&plain).backward().unwrap();
+                let (a, b) = (g_ours.get(&x).unwrap(), g_plain.get(&x).unwrap());
+                assert!(max_diff(a, b) < 1e-5);
+                // The frozen weight gets no gradient at all.
+                assert!(g_ours.get(&weight).is_none());
+            }
         }
     }
 

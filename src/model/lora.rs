@@ -284,6 +284,8 @@ pub fn merge(model: &mut Decoder) -> Result<()> {
     for (_, lin) in model.linears_mut() {
         lin.weight = super::layers::matmul_layout(&lin.merged_weight()?)?;
         lin.lora = None;
+        // A packed copy of the old weight is of no more use.
+        lin.packed = Default::default();
     }
     model.vars.clear();
     model.trainable = Trainable::Frozen;

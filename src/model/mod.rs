@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod cpu_attention;
+pub mod cpu_decode;
 pub mod cpu_exp;
 pub mod cpu_lora;
 pub mod cpu_norm_rope;
@@ -234,6 +235,8 @@ pub struct Decoder {
     layers: Vec<Block>,
     norm: RmsNorm,
     lm_head: Tensor,
+    /// The frozen head packed for decoding steps, made on first use.
+    lm_head_packed: layers::PackedCache,
     inv_freq: Tensor,
     dtype: DType,
     device: Device,
@@ -287,6 +290,7 @@ impl Builder<'_> {
             bias,
             lora: None,
             stream,
+            packed: Default::default(),
         })
     }
 
@@ -460,6 +464,7 @@ impl Decoder {
             layers,
             norm,
             lm_head,
+            lm_head_packed: Default::default(),
             dtype,
             device: device.clone(),
             trainable: Trainable::Frozen,
@@ -511,7 +516,7 @@ impl Decoder {
 
     /// Projects hidden states (..., hidden) onto the vocabulary.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        layers::linear(hidden, &self.lm_head, None)
+        layers::linear(hidden, &self.lm_head, None, &self.lm_head_packed)
     }
 
     /// One cached step of generation. `ids`, `positions`: (B, t) for the new tokens;
