@@ -94,6 +94,25 @@ fn sum_exp_impl(xs: &[f32], shift: f32) -> f64 {
 }
 
 #[inline(always)]
+fn exp_moments_impl(xs: &[f32], shift: f32) -> (f64, f64) {
+    let (mut e, mut w) = ([0f32; BLOCK], [0f32; BLOCK]);
+    let (mut sum, mut weighted) = (0f64, 0f64);
+    for block in xs.chunks(BLOCK) {
+        let n = block.len();
+        for ((e, w), &x) in e[..n].iter_mut().zip(&mut w[..n]).zip(block) {
+            let y = x - shift;
+            let v = exp1(y);
+            *e = v;
+            // A value of probability 0 (-inf) weighs nothing.
+            *w = if v == 0.0 { 0.0 } else { v * y };
+        }
+        sum += lane_sum(&e[..n]);
+        weighted += lane_sum(&w[..n]);
+    }
+    (sum, weighted)
+}
+
+#[inline(always)]
 fn max_impl(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
@@ -154,6 +173,12 @@ dispatch!(
 dispatch!(
     /// The sum of `exp(x - shift)` over `xs`: f32 lanes over blocks of 1024, blocks in f64.
     sum_exp(xs: &[f32], shift: f32) -> f64 = sum_exp_impl
+);
+
+dispatch!(
+    /// Over `xs`, the sums of `exp(x - shift)` and of `exp(x - shift) * (x - shift)`, each
+    /// accumulated as [`sum_exp`] does: the partition function and first moment of a softmax.
+    exp_moments(xs: &[f32], shift: f32) -> (f64, f64) = exp_moments_impl
 );
 
 dispatch!(
@@ -220,6 +245,20 @@ mod tests {
             assert!((s - want).abs() <= 1e-6 * want.max(1e-30), "n {n}");
             let m = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             assert_eq!(max(&xs), m, "n {n}");
+            let first: f64 = xs
+                .iter()
+                .map(|&x| (f64::from(x) - 3.0).exp() * (f64::from(x) - 3.0))
+                .sum();
+            let (s, w) = exp_moments(&xs, 3.0);
+            assert!((s - want).abs() <= 1e-6 * want.max(1e-30), "n {n}");
+            let scale = xs
+                .iter()
+                .map(|&x| (f64::from(x) - 3.0).exp() * 8.0)
+                .sum::<f64>();
+            assert!(
+                (w - first).abs() <= 1e-6 * scale.max(1e-30),
+                "n {n}: {w} vs {first}"
+            );
         }
     }
 }

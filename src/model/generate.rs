@@ -98,14 +98,8 @@ pub struct RowStats {
 }
 
 pub fn row_stats(logits: &[f32]) -> RowStats {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f64;
-    let mut weighted = 0f64;
-    for &x in logits {
-        let e = ((x - max) as f64).exp();
-        sum += e;
-        weighted += e * (x - max) as f64;
-    }
+    let max = super::cpu_exp::max(logits);
+    let (sum, weighted) = super::cpu_exp::exp_moments(logits, max);
     let log_z = max as f64 + sum.ln();
     // H = log Z - E_p[x]
     let entropy = sum.ln() - weighted / sum;
