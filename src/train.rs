@@ -579,6 +579,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         }
 
         // 2. Train on the selection: seeded shuffle, then SFT micro-batches or GRPO prompt groups.
+        if cfg.method == Method::Sft {
+            // SFT decodes nothing until the evaluation: free the weights packed for decoding.
+            model.release_packed();
+        }
         let t = Instant::now();
         let mut order: Vec<usize> = Vec::new();
         let passes = if cfg.method == Method::Sft {

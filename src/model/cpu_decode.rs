@@ -299,6 +299,11 @@ impl PackedCache {
         Ok(packed)
     }
 
+    /// Drops the packed weight (the next few-row product packs it again).
+    pub fn release(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Whether a packed weight is held.
     pub fn is_packed(&self) -> bool {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
@@ -437,5 +442,8 @@ mod tests {
         for (a, b) in a.iter().zip(&b) {
             assert!((2.0 * a - b).abs() < 1e-5, "the replaced weight is used");
         }
+        assert!(cache.is_packed());
+        clone.release();
+        assert!(!cache.is_packed(), "clones share one slot");
     }
 }

@@ -489,6 +489,26 @@ impl Decoder {
         &self.trainable
     }
 
+    /// Drops the weights packed for decoding steps (one copy of each frozen weight), to free
+    /// their memory while only training runs; the next decoding step packs them again.
+    pub fn release_packed(&self) {
+        self.lm_head_packed.release();
+        for l in &self.layers {
+            let (a, m) = (&l.self_attn, &l.mlp);
+            for lin in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &m.gate_proj,
+                &m.up_proj,
+                &m.down_proj,
+            ] {
+                lin.packed.release();
+            }
+        }
+    }
+
     /// Trainable variables with their checkpoint names.
     pub fn vars(&self) -> &[(String, Var)] {
         &self.vars
