@@ -80,20 +80,24 @@ impl PackedWeight {
 
     fn pack_for(weight: &Tensor, isa: Isa) -> Result<PackedWeight> {
         let (n, k) = weight.dims2()?;
-        // W^T (k, n) row-major: what a panel reads row by row.
-        let wt: Vec<f32> = weight.t()?.contiguous()?.flatten_all()?.to_vec1()?;
+        // W^T (k, n) row-major, what a panel reads row by row: read in place when the weight is
+        // stored so (`layers::matmul_layout`), copied once otherwise.
+        let wt = weight.t()?.contiguous()?;
         let count = n.div_ceil(PANEL);
         let mut panels = vec![0f32; count * k * PANEL];
         if k > 0 {
-            panels
-                .par_chunks_mut(k * PANEL)
-                .enumerate()
-                .for_each(|(p, panel)| {
-                    let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
-                    for (row, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
-                        dst[..c1 - c0].copy_from_slice(&wt[row * n + c0..row * n + c1]);
-                    }
-                });
+            super::cpu_lora::with_f32(&wt, ("packed matmul", "the weight"), |wt| {
+                panels
+                    .par_chunks_mut(k * PANEL)
+                    .enumerate()
+                    .for_each(|(p, panel)| {
+                        let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+                        for (row, dst) in panel.chunks_exact_mut(PANEL).enumerate() {
+                            dst[..c1 - c0].copy_from_slice(&wt[row * n + c0..row * n + c1]);
+                        }
+                    });
+                Ok(())
+            })?;
         }
         Ok(PackedWeight {
             k,
