@@ -194,16 +194,16 @@ unsafe fn matmul(
     }
 }
 
-/// The output buffer, written by tasks that own disjoint rows of it.
+/// An output buffer, written by parallel tasks that each own a disjoint part of it.
 #[derive(Clone, Copy)]
-struct Out(*mut f32);
+pub(super) struct Out(pub(super) *mut f32);
 unsafe impl Send for Out {}
 unsafe impl Sync for Out {}
 
 impl Out {
-    /// The element at `i`; callers write only rows their task owns.
-    fn at(self, i: usize) -> *mut f32 {
-        unsafe { self.0.add(i) }
+    /// The element at `i`; callers write only the part their task owns.
+    pub(super) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
     }
 }
 

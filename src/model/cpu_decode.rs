@@ -14,6 +14,7 @@
 //! Built for AVX-512 and for AVX2 with FMA, chosen at run time; other CPUs keep the general
 //! matmul.
 
+use super::cpu_attention::Out;
 use candle_core::{DType, Result, Tensor, TensorId};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -33,19 +34,25 @@ enum Isa {
 }
 
 impl Isa {
-    fn detect() -> Option<Isa> {
+    /// Every kernel this CPU can run, the fastest first.
+    fn supported() -> Vec<Isa> {
+        let mut isas = Vec::new();
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
-                return Some(Isa::Avx512);
+                isas.push(Isa::Avx512);
             }
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Some(Isa::Avx2);
+                isas.push(Isa::Avx2);
             }
         }
-        None
+        isas
+    }
+
+    fn detect() -> Option<Isa> {
+        Self::supported().first().copied()
     }
 
     /// Rows one kernel call keeps in registers.
@@ -260,19 +267,6 @@ mod kernels {
     }
 }
 
-/// The output buffer, written by tasks that own disjoint panels of it.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The element at `i`; callers write only columns their task owns.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 /// A projection's packed weight, made on first use and shared by the projection's clones.
 /// It is kept only for weights that cannot change (frozen, not a training variable), and
 /// remade if the projection's weight is replaced.
@@ -325,19 +319,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn isas() -> Vec<Isa> {
-        let mut v = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
-            }
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx2);
-            }
-        }
-        v
+        Isa::supported()
     }
 
     /// `x W^T` in f64.
