@@ -113,8 +113,11 @@ fn main() -> Result<()> {
                 },
             )?;
             let mut step = |seed: u64| -> Result<f32> {
-                let logits = m.model.forward(&batch, Mode::Train { seed })?;
-                let logits = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
+                // As the trainer does: the positions that predict a token are picked from the
+                // hidden states, and only they go through the head.
+                let hidden = m.model.hidden_states(&batch, Mode::Train { seed })?;
+                let hidden = hidden.narrow(1, 0, t - 1)?.reshape((b * (t - 1), ()))?;
+                let logits = m.model.logits(&hidden)?;
                 // The trainer's loss: mean NLL from the per-token log-probs.
                 let loss = token_log_probs(&logits, &targets)?.mean_all()?.neg()?;
                 let mut acc = GradAccumulator::new(vars.len());
