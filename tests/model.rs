@@ -321,6 +321,27 @@ fn full_fine_tuning_gradients_match_finite_differences() {
     }
 }
 
+/// A variable's gradient holds only its own values: the LoRA op returns dx, dA and dB as views
+/// of one buffer, and keeping dA's view would keep the layer's whole dx alive with it.
+#[test]
+fn adapter_gradients_do_not_hold_the_input_gradient() {
+    let model = load("tiny-qwen3", Trainable::Lora(lora_cfg()));
+    random_b(&model);
+    let grads = loss(&model, Mode::Train { seed: 0 }).backward().unwrap();
+    for (pname, var) in model.vars() {
+        let g = grads.get(var.as_tensor()).unwrap();
+        let (storage, layout) = g.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)) = &*storage else {
+            panic!("{pname}: not an f32 CPU gradient");
+        };
+        assert_eq!(
+            (values.len(), layout.start_offset()),
+            (var.elem_count(), 0),
+            "{pname}: the gradient is a view of a larger buffer"
+        );
+    }
+}
+
 #[test]
 fn lora_gradients_match_finite_differences() {
     for name in ARCHS {

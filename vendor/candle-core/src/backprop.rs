@@ -743,8 +743,10 @@ impl GradStore {
 
     /// Adds `grad` to the gradient of `tensor`, or stores it, made contiguous, when it is the
     /// first. Storing the first one as it is spares a zero-filled buffer and an addition per
-    /// gradient; `0 + g` is `g`, so the sums are unchanged (but for the sign of a zero). Gradients are never mutated in
-    /// place, so a stored one may share its storage with another.
+    /// gradient; `0 + g` is `g`, so the sums are unchanged (but for the sign of a zero). Nothing
+    /// here writes into a gradient in place, so a stored gradient may share its storage with
+    /// another (the two operands of an addition get the same one): a caller that changes one in
+    /// place (`zero_set`, `inplace_op`) changes the other.
     fn accumulate(&mut self, tensor: &Tensor, grad: &Tensor) -> Result<()> {
         match self.0.entry(tensor.id()) {
             Entry::Occupied(mut entry) => {
@@ -761,6 +763,14 @@ impl GradStore {
                     }
                     .bt())?
                 }
+                if !grad.device().same_device(tensor.device()) {
+                    Err(Error::DeviceMismatchBinaryOp {
+                        lhs: tensor.device().location(),
+                        rhs: grad.device().location(),
+                        op: "add",
+                    }
+                    .bt())?
+                }
                 if grad.dtype() != tensor.dtype() {
                     Err(Error::DTypeMismatchBinaryOp {
                         lhs: tensor.dtype(),
@@ -769,7 +779,18 @@ impl GradStore {
                     }
                     .bt())?
                 }
-                entry.insert(grad.contiguous()?);
+                // A variable's gradient outlives the pass: when it is a view into a buffer that
+                // holds more (a custom op's gradients returned as slices of one allocation), keep
+                // a copy of its own values rather than the whole buffer. A view is recognised by
+                // its storage being shared or its values not starting the buffer; a view of the
+                // start of a larger buffer that nothing else holds is not.
+                let view = grad.shares_storage() || grad.layout().start_offset() != 0;
+                let grad = if tensor.is_variable() && view {
+                    grad.force_contiguous()?
+                } else {
+                    grad.contiguous()?
+                };
+                entry.insert(grad);
             }
         }
         Ok(())

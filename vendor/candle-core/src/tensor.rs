@@ -2759,6 +2759,12 @@ impl Tensor {
 
     /// Acquire read lock on storage and returns guard.
     /// `read_recursive` allows for shared read access.
+    /// Whether another tensor (a view, or the tensor this one is a view of) holds this tensor's
+    /// storage too.
+    pub(crate) fn shares_storage(&self) -> bool {
+        Arc::strong_count(&self.storage) > 1
+    }
+
     pub(crate) fn storage(&self) -> StorageRef<'_> {
         self.storage.read_recursive()
     }
