@@ -42,6 +42,8 @@ pub(super) fn exp1(x: f32) -> f32 {
 
 /// Sums in 16 f32 lanes over blocks of `BLOCK` values, the blocks added in f64: the lanes
 /// vectorise, and f32 partial sums of at most `BLOCK / 16` terms stay accurate.
+use std::mem::MaybeUninit;
+
 const LANES: usize = 16;
 const BLOCK: usize = 1024;
 
@@ -160,9 +162,18 @@ macro_rules! dispatch {
 
 pub(super) use dispatch;
 
+#[inline(always)]
+fn exp_scaled_into_impl(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, scale: f32) {
+    for (d, &x) in dst.iter_mut().zip(src) {
+        d.write(scale * exp1(x - shift));
+    }
+}
+
 dispatch!(
-    /// `dst[i] = scale * exp(src[i] - shift)` over the shorter of the two.
-    exp_scaled(dst: &mut [f32], src: &[f32], shift: f32, scale: f32) -> () = exp_scaled_impl
+    /// `dst[i] = scale * exp(src[i] - shift)` over the shorter of the two, into values not
+    /// written yet.
+    exp_scaled(dst: &mut [MaybeUninit<f32>], src: &[f32], shift: f32, scale: f32) -> ()
+        = exp_scaled_into_impl
 );
 
 dispatch!(
@@ -190,6 +201,16 @@ dispatch!(
 mod tests {
     use super::*;
 
+    /// `exp(x)` for each x, through [`exp_scaled`].
+    fn exp_of(xs: &[f32]) -> Vec<f32> {
+        let mut got = vec![MaybeUninit::new(f32::NAN); xs.len()];
+        exp_scaled(&mut got, xs, 0.0, 1.0);
+        // SAFETY: every value was initialised (to NaN) before exp_scaled overwrote it.
+        got.into_iter()
+            .map(|v| unsafe { v.assume_init() })
+            .collect()
+    }
+
     fn ulps(a: f32, b: f64) -> f64 {
         let b32 = b as f32;
         ((a - b32).abs() / (b32.abs() * f32::EPSILON)) as f64
@@ -202,8 +223,7 @@ mod tests {
             .map(|i| -87.0 + i as f32 / 997.0)
             .chain([-0.346_573_6, 0.346_573_6, 0.0, -1e-7, 1e-7])
             .collect();
-        let mut got = vec![0f32; xs.len()];
-        exp_scaled(&mut got, &xs, 0.0, 1.0);
+        let got = exp_of(&xs);
         let worst = xs
             .iter()
             .zip(&got)
@@ -219,8 +239,7 @@ mod tests {
     #[test]
     fn exp_edges() {
         let xs = [f32::NEG_INFINITY, -1000.0, -88.0, 89.0, f32::NAN, 0.0];
-        let mut got = [0f32; 6];
-        exp_scaled(&mut got, &xs, 0.0, 1.0);
+        let got = exp_of(&xs);
         assert_eq!(&got[..3], &[0.0, 0.0, 0.0]);
         assert!(got[3].is_finite() && got[3] > 2e38);
         assert!(got[4].is_nan());

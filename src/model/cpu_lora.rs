@@ -12,6 +12,7 @@ use super::cpu_attention::cpu_f32;
 use super::cpu_decode::PackedWeight;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 /// A matrix operand for [`gemm`]: element (i, j) is `data[i * rs + j * cs]`.
@@ -36,7 +37,8 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn t(self) -> Self {
+    /// The transpose: the same values with rows and columns swapped.
+    pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -56,25 +58,74 @@ impl<'a> Mat<'a> {
 /// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`; `dst` row-major;
 /// the extents of every operand checked against its slice.
 pub(super) fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
+    // SAFETY: dst is initialised, so reading it (when accumulating) is sound.
+    unsafe { gemm_raw(dst.as_mut_ptr(), dst.len(), accumulate, lhs, rhs, beta) }
+}
+
+/// `dst = beta * lhs rhs` into values not written yet: every value of `dst` is written and
+/// none is read (gemm skips reading the destination when not accumulating, and writes zeros
+/// when the inner dimension is 0).
+pub(super) fn gemm_into(dst: &mut [MaybeUninit<f32>], lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
+    // SAFETY: not accumulating, gemm only writes dst.
+    unsafe { gemm_raw(dst.as_mut_ptr().cast(), dst.len(), false, lhs, rhs, beta) }
+}
+
+/// A vector of `n` values that `write` fills in full, not zeroed first: an op's output is
+/// megabytes, and zeroing it was a pass over memory the op then overwrote (a few percent of a
+/// training step).
+///
+/// # Safety
+/// When `write` returns `Ok`, it has written every value of the slice it was given.
+pub(super) unsafe fn written(
+    n: usize,
+    write: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<()>,
+) -> Result<Vec<f32>> {
+    let mut v = Vec::with_capacity(n);
+    write(&mut v.spare_capacity_mut()[..n])?;
+    // SAFETY: the caller's `write` initialised all n values.
+    unsafe { v.set_len(n) };
+    Ok(v)
+}
+
+/// The values of `x` as initialised f32 (what `MaybeUninit::slice_assume_init_mut` does).
+///
+/// # Safety
+/// Every value of `x` has been written.
+pub(super) unsafe fn assume_written(x: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches that all are written.
+    unsafe { &mut *(x as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
+/// [`gemm`] on a destination of `len` values at `dst`.
+///
+/// # Safety
+/// `dst` is valid for writing `len` values, and for reading them when `accumulate`.
+unsafe fn gemm_raw(
+    dst: *mut f32,
+    len: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    beta: f32,
+) -> Result<()> {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    if rhs.rows != k || dst.len() != m * n || !lhs.fits() || !rhs.fits() {
+    if rhs.rows != k || len != m * n || !lhs.fits() || !rhs.fits() {
         candle_core::bail!(
-            "lora: cannot multiply ({m}, {k}) by ({}, {n}) into {} values",
+            "lora: cannot multiply ({m}, {k}) by ({}, {n}) into {len} values",
             rhs.rows,
-            dst.len()
         );
     }
     if m == 0 || n == 0 {
         return Ok(());
     }
     // SAFETY: every operand's extent was checked against its slice above; dst is (m, n) with
-    // row stride n.
+    // row stride n, valid as the caller vouches.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -110,15 +161,12 @@ pub(super) fn with_f32<R>(
 
 /// The adapter's first product `xd A^T` (m, r) for `xd` (m, k) and A (r, k).
 fn down(xd: &[f32], a: &[f32], m: usize, k: usize, r: usize) -> Result<Vec<f32>> {
-    let mut h = vec![0f32; m * r];
-    gemm(
-        &mut h,
-        false,
-        Mat::rows(xd, m, k),
-        Mat::rows(a, r, k).t(),
-        1.0,
-    )?;
-    Ok(h)
+    // SAFETY: gemm_into writes every value.
+    unsafe {
+        written(m * r, |h| {
+            gemm_into(h, Mat::rows(xd, m, k), Mat::rows(a, r, k).t(), 1.0)
+        })
+    }
 }
 
 /// `x * mask`, or `x` itself without dropout.
@@ -203,19 +251,21 @@ impl CustomOp3 for LoraLinear {
         let x = cpu_f32(xs, xl, "lora", "x")?;
         let a = cpu_f32(as_, al, "lora", "A")?;
         let b = cpu_f32(bs, bl, "lora", "B")?;
-        let mut out = vec![0f32; m * n];
-        match &self.packed {
-            Some(p) => p.matmul(&mut out, x, m)?,
-            None => with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
-                gemm(
-                    &mut out,
-                    false,
-                    Mat::rows(x, m, k),
-                    Mat::rows(wt, k, n),
-                    1.0,
-                )
-            })?,
-        }
+        let mut out = match &self.packed {
+            Some(p) => {
+                let mut out = vec![0f32; m * n];
+                p.matmul(&mut out, x, m)?;
+                out
+            }
+            // SAFETY: gemm_into writes every value.
+            None => unsafe {
+                written(m * n, |out| {
+                    with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
+                        gemm_into(out, Mat::rows(x, m, k), Mat::rows(wt, k, n), 1.0)
+                    })
+                })?
+            },
+        };
         let mut buf = Vec::new();
         let xd = masked(x, self.mask.as_deref(), &mut buf);
         let h = down(xd, a, m, k, r)?;
@@ -298,17 +348,44 @@ impl CustomOp2 for LoraGrad {
             candle_core::bail!("lora: gradient of {} values for {m} rows of {n}", g.len());
         }
         let nx = if self.want_dx { m * k } else { 0 };
-        let mut flat = vec![0f32; nx + r * k + n * r];
-        let (dx, rest) = flat.split_at_mut(nx);
-        let (da, db) = rest.split_at_mut(r * k);
+        // SAFETY: dx (when wanted), dA and dB are each written in full by a gemm_into below;
+        // dx is accumulated into only after its gemm_into.
+        let flat = unsafe {
+            written(nx + r * k + n * r, |flat| {
+                let (dx, rest) = flat.split_at_mut(nx);
+                let (da, db) = rest.split_at_mut(r * k);
+                self.write(dx, da, db, x, g, (m, k, n, r))
+            })?
+        };
+        Ok((CpuStorage::F32(flat), Shape::from(nx + r * k + n * r)))
+    }
+}
+
+impl LoraGrad {
+    /// Writes dx (when wanted), dA and dB in full.
+    fn write(
+        &self,
+        dx: &mut [MaybeUninit<f32>],
+        da: &mut [MaybeUninit<f32>],
+        db: &mut [MaybeUninit<f32>],
+        x: &[f32],
+        g: &[f32],
+        (m, k, n, r): (usize, usize, usize, usize),
+    ) -> Result<()> {
         with_f32(&self.a, ("lora", "A"), |a| {
             with_f32(&self.b, ("lora", "B"), |b| {
-                let mut u = vec![0f32; m * r];
-                gemm(&mut u, false, Mat::rows(g, m, n), Mat::rows(b, n, r), 1.0)?;
+                // SAFETY: gemm_into writes every value.
+                let u = unsafe {
+                    written(m * r, |u| {
+                        gemm_into(u, Mat::rows(g, m, n), Mat::rows(b, n, r), 1.0)
+                    })?
+                };
                 if self.want_dx {
                     with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
-                        gemm(dx, false, Mat::rows(g, m, n), Mat::rows(wt, k, n).t(), 1.0)
+                        gemm_into(dx, Mat::rows(g, m, n), Mat::rows(wt, k, n).t(), 1.0)
                     })?;
+                    // SAFETY: the gemm_into above wrote all of dx.
+                    let dx = unsafe { assume_written(dx) };
                     match &self.mask {
                         None => gemm(
                             dx,
@@ -318,8 +395,12 @@ impl CustomOp2 for LoraGrad {
                             self.scale,
                         )?,
                         Some(mask) => {
-                            let mut v = vec![0f32; m * k];
-                            gemm(&mut v, false, Mat::rows(&u, m, r), Mat::rows(a, r, k), 1.0)?;
+                            // SAFETY: gemm_into writes every value.
+                            let v = unsafe {
+                                written(m * k, |v| {
+                                    gemm_into(v, Mat::rows(&u, m, r), Mat::rows(a, r, k), 1.0)
+                                })?
+                            };
                             let s = self.scale;
                             dx.par_iter_mut()
                                 .zip(v.par_iter().zip(mask.par_iter()))
@@ -329,24 +410,11 @@ impl CustomOp2 for LoraGrad {
                 }
                 let mut buf = Vec::new();
                 let xd = masked(x, self.mask.as_deref(), &mut buf);
-                gemm(
-                    da,
-                    false,
-                    Mat::rows(&u, m, r).t(),
-                    Mat::rows(xd, m, k),
-                    self.scale,
-                )?;
+                gemm_into(da, Mat::rows(&u, m, r).t(), Mat::rows(xd, m, k), self.scale)?;
                 let h = down(xd, a, m, k, r)?;
-                gemm(
-                    db,
-                    false,
-                    Mat::rows(g, m, n).t(),
-                    Mat::rows(&h, m, r),
-                    self.scale,
-                )
+                gemm_into(db, Mat::rows(g, m, n).t(), Mat::rows(&h, m, r), self.scale)
             })
-        })?;
-        Ok((CpuStorage::F32(flat), Shape::from(nx + r * k + n * r)))
+        })
     }
 }
 

@@ -6,6 +6,7 @@
 //! are the reference both are tested against.
 
 use super::cpu_attention::cpu_f32;
+use super::cpu_lora::written;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -224,22 +225,27 @@ impl CustomOp3 for Rope {
         let sin = cpu_f32(ss, sl, "rope", "sin")?;
         let half = d / 2;
         let sign = if self.inverse { -1f32 } else { 1f32 };
-        let mut out = vec![0f32; x.len()];
         // One task per (b, t) position: its H heads share one row of cos and sin.
-        out.par_chunks_mut(h * d)
-            .zip(x.par_chunks(h * d))
-            .enumerate()
-            .for_each(|(pos, (o, x))| {
-                let c = &cos[pos * half..(pos + 1) * half];
-                let s = &sin[pos * half..(pos + 1) * half];
-                for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
-                    for i in 0..half {
-                        let (x1, x2, si) = (x[i], x[i + half], sign * s[i]);
-                        o[i] = x1 * c[i] - x2 * si;
-                        o[i + half] = x2 * c[i] + x1 * si;
+        let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
+            out.par_chunks_mut(h * d)
+                .zip(x.par_chunks(h * d))
+                .enumerate()
+                .for_each(|(pos, (o, x))| {
+                    let c = &cos[pos * half..(pos + 1) * half];
+                    let s = &sin[pos * half..(pos + 1) * half];
+                    for (o, x) in o.chunks_mut(d).zip(x.chunks(d)) {
+                        for i in 0..half {
+                            let (x1, x2, si) = (x[i], x[i + half], sign * s[i]);
+                            o[i].write(x1 * c[i] - x2 * si);
+                            o[i + half].write(x2 * c[i] + x1 * si);
+                        }
                     }
-                }
-            });
+                });
+            Ok(())
+        };
+        // SAFETY: x is (B, T, H, D) with D even (checked above), so every head's D values are
+        // written as pairs (i, i + D / 2).
+        let out = unsafe { written(x.len(), fill)? };
         Ok((CpuStorage::F32(out), xl.shape().clone()))
     }
 

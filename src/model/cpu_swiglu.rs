@@ -7,8 +7,12 @@
 
 use super::cpu_attention::cpu_f32;
 use super::cpu_exp::{dispatch, exp1};
+use super::cpu_lora::written;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+/// An output value not written yet.
+type Uninit = std::mem::MaybeUninit<f32>;
 
 /// Values per task.
 const CHUNK: usize = 16 * 1024;
@@ -18,26 +22,28 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp1(-x))
 }
 
+/// Writes `out` in full (the slices have one length).
 #[inline(always)]
-fn forward_impl(out: &mut [f32], gate: &[f32], up: &[f32]) {
+fn forward_impl(out: &mut [Uninit], gate: &[f32], up: &[f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = g * sigmoid(g) * u;
+        o.write(g * sigmoid(g) * u);
     }
 }
 
-/// d/dgate = grad * up * s (1 + g (1 - s)) and d/dup = grad * g * s, with s = sigmoid(g).
+/// d/dgate = grad * up * s (1 + g (1 - s)) and d/dup = grad * g * s, with s = sigmoid(g);
+/// writes `dg` and `du` in full (the slices have one length).
 #[inline(always)]
-fn backward_impl(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) {
+fn backward_impl(dg: &mut [Uninit], du: &mut [Uninit], gate: &[f32], up: &[f32], grad: &[f32]) {
     for ((((dg, du), &g), &u), &d) in dg.iter_mut().zip(du.iter_mut()).zip(gate).zip(up).zip(grad) {
         let s = sigmoid(g);
-        *dg = d * u * s * (1.0 + g * (1.0 - s));
-        *du = d * g * s;
+        dg.write(d * u * s * (1.0 + g * (1.0 - s)));
+        du.write(d * g * s);
     }
 }
 
-dispatch!(forward(out: &mut [f32], gate: &[f32], up: &[f32]) -> () = forward_impl);
+dispatch!(forward(out: &mut [Uninit], gate: &[f32], up: &[f32]) -> () = forward_impl);
 dispatch!(
-    backward(dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], grad: &[f32]) -> ()
+    backward(dg: &mut [Uninit], du: &mut [Uninit], gate: &[f32], up: &[f32], grad: &[f32]) -> ()
         = backward_impl
 );
 
@@ -74,10 +80,16 @@ impl CustomOp2 for Swiglu {
         let gate = cpu_f32(gs, gl, "swiglu", "gate")?;
         let up = cpu_f32(us, ul, "swiglu", "up")?;
         same_len(gate, up, gl, ul)?;
-        let mut out = vec![0f32; gate.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| forward(o, g, u));
+        // SAFETY: out, gate and up have one length, so their chunks pair up and each `forward`
+        // writes its chunk in full.
+        let out = unsafe {
+            written(gate.len(), |out| {
+                out.par_chunks_mut(CHUNK)
+                    .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+                    .for_each(|(o, (g, u))| forward(o, g, u));
+                Ok(())
+            })?
+        };
         Ok((CpuStorage::F32(out), gl.shape().clone()))
     }
 
@@ -120,13 +132,19 @@ impl CustomOp3 for SwigluGrad {
         same_len(gate, up, gl, ul)?;
         same_len(gate, grad, gl, dl)?;
         let n = gate.len();
-        let mut flat = vec![0f32; 2 * n];
-        let (dg, du) = flat.split_at_mut(n);
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .zip(grad.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), d)| backward(dg, du, g, u, d));
+        // SAFETY: dg, du, gate, up and grad have one length, so their chunks pair up and each
+        // `backward` writes its chunks of dg and du in full.
+        let flat = unsafe {
+            written(2 * n, |flat| {
+                let (dg, du) = flat.split_at_mut(n);
+                dg.par_chunks_mut(CHUNK)
+                    .zip(du.par_chunks_mut(CHUNK))
+                    .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+                    .zip(grad.par_chunks(CHUNK))
+                    .for_each(|(((dg, du), (g, u)), d)| backward(dg, du, g, u, d));
+                Ok(())
+            })?
+        };
         Ok((CpuStorage::F32(flat), Shape::from(2 * n)))
     }
 }

@@ -104,7 +104,7 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::cpu_lora::{Mat, gemm, with_f32};
+        use super::cpu_lora::{Mat, gemm_into, with_f32, written};
         let (k, n) = self.wt.dims2()?;
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
@@ -112,13 +112,21 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         }
         let x = super::cpu_attention::cpu_f32(storage, layout, "frozen-matmul", "the input")?;
         let m = x.len() / k.max(1);
-        let mut out = vec![0f32; m * n];
-        match &self.packed {
-            Some(p) => p.matmul(&mut out, x, m)?,
-            None => with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
-                gemm(&mut out, false, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
-            })?,
-        }
+        let out = match &self.packed {
+            Some(p) => {
+                let mut out = vec![0f32; m * n];
+                p.matmul(&mut out, x, m)?;
+                out
+            }
+            // SAFETY: gemm_into writes every value.
+            None => unsafe {
+                written(m * n, |out| {
+                    with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
+                        gemm_into(out, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
+                    })
+                })?
+            },
+        };
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = n;
         Ok((

@@ -6,6 +6,7 @@
 //! d/dx = g * (onehot(target) - softmax(x)). Elsewhere it is the composed form.
 
 use super::cpu_exp;
+use super::cpu_lora::{assume_written, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -121,16 +122,23 @@ impl CustomOp3 for Gradient {
                 t.len()
             );
         }
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(v)
-            .zip(x.par_chunks(v))
-            .zip(t.par_iter().zip(g.par_chunks(2)))
-            .for_each(|((out, row), (&t, g_lp))| {
-                let (g, lp) = (g_lp[0], g_lp[1]);
-                let log_z = row[t as usize] - lp;
-                cpu_exp::exp_scaled(out, row, log_z, -g);
-                out[t as usize] += g;
-            });
+        let fill = |out: &mut [std::mem::MaybeUninit<f32>]| {
+            out.par_chunks_mut(v)
+                .zip(x.par_chunks(v))
+                .zip(t.par_iter().zip(g.par_chunks(2)))
+                .for_each(|((out, row), (&t, g_lp))| {
+                    let (g, lp) = (g_lp[0], g_lp[1]);
+                    let log_z = row[t as usize] - lp;
+                    cpu_exp::exp_scaled(out, row, log_z, -g);
+                    // SAFETY: exp_scaled wrote the whole row.
+                    let out = unsafe { assume_written(out) };
+                    out[t as usize] += g;
+                });
+            Ok(())
+        };
+        // SAFETY: x holds one row of v values per target (`rows_and_targets`), so the chunks of
+        // out pair up with whole rows and each exp_scaled writes its chunk in full.
+        let out = unsafe { written(x.len(), fill)? };
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
