@@ -756,33 +756,39 @@ mod tests {
 
     #[test]
     fn reads_keys_and_values_with_room_after_each_batch_row() {
-        // A cache buffer of 64 steps holding 40: rows 64 * KVH * D apart.
+        // A cache buffer of 64 steps holding 40: rows 64 * KVH * D apart. Decoding steps (the
+        // portable and the AVX-512 kernels) and a chunk of 7 queries (the general path).
         let dev = Device::Cpu;
-        let (b, tk, h, kvh, d) = (2, 40, 6, 3, 16);
-        let q = Tensor::randn(0f32, 1.0, (b, 1, h, d), &dev).unwrap();
-        let room = |x: u64| {
+        let (b, tk, h, kvh) = (2, 40, 6, 3);
+        let mask = vec![vec![1u8; tk]; b];
+        let room = |x: u64, d: usize| {
             Tensor::randn(x as f32, 1.0, (b, 64, kvh, d), &dev)
                 .unwrap()
                 .narrow(1, 0, tk)
                 .unwrap()
         };
-        let (k, v) = (room(0), room(1));
-        assert!(!k.is_contiguous());
-        let mask = vec![vec![1u8; tk]; b];
-        let ours = attention(&q, &k, &v, &mask).unwrap();
-        let want = attention(
-            &q,
-            &k.contiguous().unwrap(),
-            &v.contiguous().unwrap(),
-            &mask,
-        );
-        let diff = (ours - want.unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        for (tq, d) in [(1, 16), (1, 64), (7, 16), (7, 64)] {
+            let q = Tensor::randn(0f32, 1.0, (b, tq, h, d), &dev).unwrap();
+            let (k, v) = (room(0, d), room(1, d));
+            assert!(!k.is_contiguous());
+            let ours = attention(&q, &k, &v, &mask).unwrap();
+            let want = attention(
+                &q,
+                &k.contiguous().unwrap(),
+                &v.contiguous().unwrap(),
+                &mask,
+            );
+            let diff = (ours - want.unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap();
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{tq} queries, d {d}");
+        }
+        let d = 16;
+        let q = Tensor::randn(0f32, 1.0, (b, 1, h, d), &dev).unwrap();
+        let (k, v) = (room(0, d), room(1, d));
         // A layout that is strided within a row is refused, not misread.
         let bad = k
             .transpose(2, 3)

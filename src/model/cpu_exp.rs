@@ -11,6 +11,8 @@
 //! f64 below). Inputs below -87.3 give 0 (exp of them is below f32's normal range); above 88.37
 //! they give exp(88.37) ~ 2.4e38, not infinity (callers pass x - max, at most 0); NaN stays NaN.
 
+use std::mem::MaybeUninit;
+
 const MIN_X: f32 = -87.336_54;
 const MAX_X: f32 = 88.376_26;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
@@ -42,8 +44,6 @@ pub(super) fn exp1(x: f32) -> f32 {
 
 /// Sums in 16 f32 lanes over blocks of `BLOCK` values, the blocks added in f64: the lanes
 /// vectorise, and f32 partial sums of at most `BLOCK / 16` terms stay accurate.
-use std::mem::MaybeUninit;
-
 const LANES: usize = 16;
 const BLOCK: usize = 1024;
 

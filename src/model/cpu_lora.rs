@@ -66,7 +66,13 @@ pub(super) fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: 
 /// none is read (gemm skips reading the destination when not accumulating, and writes zeros
 /// when the inner dimension is 0).
 pub(super) fn gemm_into(dst: &mut [MaybeUninit<f32>], lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
-    // SAFETY: not accumulating, gemm only writes dst.
+    if lhs.rows == 1 || rhs.cols == 1 {
+        // gemm's matrix-vector paths view the destination as a `&mut [f32]`, which must not
+        // cover unwritten memory; one row or column is cheap to zero.
+        dst.fill(MaybeUninit::new(0.0));
+    }
+    // SAFETY: not accumulating, gemm only writes dst (initialised above where gemm makes a
+    // slice of it).
     unsafe { gemm_raw(dst.as_mut_ptr().cast(), dst.len(), false, lhs, rhs, beta) }
 }
 

@@ -55,7 +55,8 @@ pub fn matmul_layout(weight: &Tensor) -> Result<Tensor> {
 /// f32 weight on the CPU: LoRA's base, the frozen head), the backward computes only `x`'s
 /// gradient; candle's matmul backward would also compute the weight's, a third of a linear
 /// layer's training FLOPs, and throw it away. A product of a few rows against such a weight (a
-/// decoding step) runs on the weight packed in `packed` (see `cpu_decode`).
+/// decoding step) runs on the weight packed in `packed` (see `cpu_decode`). A trainable f32
+/// weight on the CPU gets its gradient in its own layout (see [`TrainableMatmul`]).
 pub fn linear(
     x: &Tensor,
     weight: &Tensor,
