@@ -165,6 +165,34 @@ pub(super) fn with_f32<R>(
     f(cpu_f32(s, layout, op, what)?)
 }
 
+/// `x W^T` (m, n) for `x` (m, k) and a frozen weight given as `wt` = W^T (k, n), contiguous: on
+/// the packed copy of W when there is one (a few rows), else by gemm; `op` names the caller in
+/// errors.
+pub(super) fn frozen_product(
+    x: &[f32],
+    wt: &Tensor,
+    packed: Option<&PackedWeight>,
+    op: &str,
+) -> Result<Vec<f32>> {
+    let (k, n) = wt.dims2()?;
+    let m = x.len() / k.max(1);
+    match packed {
+        Some(p) => {
+            let mut out = vec![0f32; m * n];
+            p.matmul(&mut out, x, m)?;
+            Ok(out)
+        }
+        // SAFETY: gemm_into writes every value.
+        None => unsafe {
+            written(m * n, |out| {
+                with_f32(wt, (op, "the frozen weight"), |wt| {
+                    gemm_into(out, Mat::rows(x, m, k), Mat::rows(wt, k, n), 1.0)
+                })
+            })
+        },
+    }
+}
+
 /// The adapter's first product `xd A^T` (m, r) for `xd` (m, k) and A (r, k).
 fn down(xd: &[f32], a: &[f32], m: usize, k: usize, r: usize) -> Result<Vec<f32>> {
     // SAFETY: gemm_into writes every value.
@@ -257,21 +285,7 @@ impl CustomOp3 for LoraLinear {
         let x = cpu_f32(xs, xl, "lora", "x")?;
         let a = cpu_f32(as_, al, "lora", "A")?;
         let b = cpu_f32(bs, bl, "lora", "B")?;
-        let mut out = match &self.packed {
-            Some(p) => {
-                let mut out = vec![0f32; m * n];
-                p.matmul(&mut out, x, m)?;
-                out
-            }
-            // SAFETY: gemm_into writes every value.
-            None => unsafe {
-                written(m * n, |out| {
-                    with_f32(&self.wt, ("lora", "the frozen weight"), |wt| {
-                        gemm_into(out, Mat::rows(x, m, k), Mat::rows(wt, k, n), 1.0)
-                    })
-                })?
-            },
-        };
+        let mut out = frozen_product(x, &self.wt, self.packed.as_deref(), "lora")?;
         let mut buf = Vec::new();
         let xd = masked(x, self.mask.as_deref(), &mut buf);
         let h = down(xd, a, m, k, r)?;

@@ -112,29 +112,14 @@ impl candle_core::CustomOp1 for FrozenMatmul {
         storage: &candle_core::CpuStorage,
         layout: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::cpu_lora::{Mat, gemm_into, with_f32, written};
+        use super::cpu_lora::frozen_product;
         let (k, n) = self.wt.dims2()?;
         let dims = layout.shape().dims();
         if dims.last() != Some(&k) {
             candle_core::bail!("frozen-matmul: input {:?} against weight ({k}, {n})", dims);
         }
         let x = super::cpu_attention::cpu_f32(storage, layout, "frozen-matmul", "the input")?;
-        let m = x.len() / k.max(1);
-        let out = match &self.packed {
-            Some(p) => {
-                let mut out = vec![0f32; m * n];
-                p.matmul(&mut out, x, m)?;
-                out
-            }
-            // SAFETY: gemm_into writes every value.
-            None => unsafe {
-                written(m * n, |out| {
-                    with_f32(&self.wt, ("frozen-matmul", "the weight"), |w| {
-                        gemm_into(out, Mat::rows(x, m, k), Mat::rows(w, k, n), 1.0)
-                    })
-                })?
-            },
-        };
+        let out = frozen_product(x, &self.wt, self.packed.as_deref(), "frozen-matmul")?;
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("checked above") = n;
         Ok((
