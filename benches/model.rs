@@ -68,6 +68,10 @@ fn random_ids(rng: &mut StdRng, n: usize, first: u32, vocab: u32) -> Vec<u32> {
 fn main() -> Result<()> {
     // As the edco binary does.
     edco::alloc::tune_for_compute();
+    edco::threads::run_on_pool(bench)
+}
+
+fn bench() -> Result<()> {
     let args = parse()?;
     let trainable = match args.case.as_str() {
         "train" => Trainable::Full,

@@ -17,6 +17,7 @@ pub mod perplexity;
 pub mod plot;
 pub mod reward;
 pub mod stats;
+pub mod threads;
 pub mod tokenizer;
 pub mod train;
 pub mod trainer;

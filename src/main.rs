@@ -5,7 +5,8 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     edco::alloc::tune_for_compute();
     edco::logging::init();
-    match edco::cli::run(edco::cli::Cli::parse()) {
+    let cli = edco::cli::Cli::parse();
+    match edco::threads::run_on_pool(|| edco::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
