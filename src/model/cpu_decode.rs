@@ -68,38 +68,65 @@ impl Isa {
     }
 }
 
-/// A weight W (n, k) packed for `x W^T`: panel `p` holds columns `16 p .. 16 p + 16` of W^T for
-/// every input row, zero beyond `n`.
+/// A weight W (n, k) packed for `x W^T`: panel `p` holds 16 columns of W^T for every input row,
+/// zero beyond the weight's columns. Several weights with the same input size (a layer's query,
+/// key and value projections) can be packed as one: their products are one call, whose output
+/// holds each weight's columns in turn.
 #[derive(Debug)]
 pub struct PackedWeight {
     k: usize,
+    /// Output columns, over all the weights.
     n: usize,
     panels: Vec<f32>,
-    /// The tensor this was packed from.
-    source: TensorId,
+    /// Per panel, the output columns it fills: `c0..c1`, at most 16.
+    cols: Vec<(usize, usize)>,
+    /// The tensors this was packed from.
+    sources: Vec<TensorId>,
     isa: Isa,
 }
 
 impl PackedWeight {
-    /// Packs W (n, k), a CPU f32 tensor in any layout; `None` where no kernel fits this CPU.
-    fn pack(weight: &Tensor) -> Result<Option<PackedWeight>> {
+    /// Packs the weights W (n_i, k), CPU f32 tensors in any layout, as one; `None` where no
+    /// kernel fits this CPU.
+    fn pack(weights: &[&Tensor]) -> Result<Option<PackedWeight>> {
         let Some(isa) = Isa::detect() else {
             return Ok(None);
         };
-        Self::pack_for(weight, isa).map(Some)
+        Self::pack_for(weights, isa).map(Some)
     }
 
-    fn pack_for(weight: &Tensor, isa: Isa) -> Result<PackedWeight> {
-        let (n, k) = weight.dims2()?;
-        // W^T (k, n) row-major, what a panel reads row by row: read in place when the weight is
-        // stored so (`layers::matmul_layout`), copied once otherwise.
-        let wt = weight.t()?.contiguous()?;
-        let count = n.div_ceil(PANEL);
-        let mut panels = vec![0f32; count * k * PANEL];
-        if k > 0 {
+    fn pack_for(weights: &[&Tensor], isa: Isa) -> Result<PackedWeight> {
+        let Some(first) = weights.first() else {
+            candle_core::bail!("packed matmul: no weight to pack");
+        };
+        let k = first.dim(1)?;
+        let mut cols = Vec::new();
+        for w in weights {
+            let (n, wk) = w.dims2()?;
+            if wk != k {
+                candle_core::bail!("packed matmul: weights of {k} and {wk} inputs packed together");
+            }
+            let c = cols.last().map_or(0, |&(_, c1)| c1);
+            cols.extend(
+                (0..n)
+                    .step_by(PANEL)
+                    .map(|c0| (c + c0, c + (c0 + PANEL).min(n))),
+            );
+        }
+        let mut panels = vec![0f32; cols.len() * k * PANEL];
+        let mut rest = &mut panels[..];
+        for w in weights {
+            let n = w.dim(0)?;
+            let (mine, after) = rest.split_at_mut(n.div_ceil(PANEL) * k * PANEL);
+            rest = after;
+            if k == 0 || n == 0 {
+                continue;
+            }
+            // W^T (k, n) row-major, what a panel reads row by row: read in place when the weight
+            // is stored so (`layers::matmul_layout`), copied once otherwise.
+            let wt = w.t()?.contiguous()?;
             super::cpu_lora::with_f32(&wt, ("packed matmul", "the weight"), |wt| {
-                panels
-                    .par_chunks_mut(k * PANEL)
+                mine.par_chunks_mut(k * PANEL)
                     .enumerate()
                     .for_each(|(p, panel)| {
                         let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
@@ -112,11 +139,17 @@ impl PackedWeight {
         }
         Ok(PackedWeight {
             k,
-            n,
+            n: cols.last().map_or(0, |&(_, c1)| c1),
             panels,
-            source: weight.id(),
+            cols,
+            sources: weights.iter().map(|w| w.id()).collect(),
             isa,
         })
+    }
+
+    /// Output columns, over all the weights packed.
+    pub fn out_features(&self) -> usize {
+        self.n
     }
 
     /// `out = x W^T` for `x` (m, k) row-major and `out` (m, n) row-major, overwritten.
@@ -136,7 +169,7 @@ impl PackedWeight {
             out.fill(0.0);
             return Ok(());
         }
-        let count = n.div_ceil(PANEL);
+        let count = self.cols.len();
         // Contiguous runs of panels, one per thread, so each streams its part of the weight.
         let tasks = rayon::current_num_threads().clamp(1, count);
         let per = count.div_ceil(tasks);
@@ -145,7 +178,7 @@ impl PackedWeight {
             let mut tile = [0f32; 16 * PANEL];
             for p in t * per..((t + 1) * per).min(count) {
                 let panel = &self.panels[p * k * PANEL..(p + 1) * k * PANEL];
-                let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(n));
+                let (c0, c1) = self.cols[p];
                 let mut r0 = 0;
                 while r0 < m {
                     let rows = (m - r0).min(self.isa.rows());
@@ -271,9 +304,9 @@ mod kernels {
     }
 }
 
-/// A projection's packed weight, made on first use and shared by the projection's clones.
-/// It is kept only for weights that cannot change (frozen, not a training variable), and
-/// remade if the projection's weight is replaced.
+/// A projection's packed weight (or a group of projections' one), made on first use and shared
+/// by the projection's clones. It is kept only for weights that cannot change (frozen, not a
+/// training variable), and remade if a weight is replaced.
 #[derive(Debug, Clone, Default)]
 pub struct PackedCache(Arc<Mutex<Option<Arc<PackedWeight>>>>);
 
@@ -281,22 +314,24 @@ impl PackedCache {
     /// The packed form of `weight` (n, k) for a product of `rows` rows, when that product should
     /// run here: a frozen CPU f32 weight, at most [`MAX_ROWS`] rows, a CPU with a kernel.
     pub fn get(&self, weight: &Tensor, rows: usize) -> Result<Option<Arc<PackedWeight>>> {
-        if rows == 0
-            || rows > MAX_ROWS
-            || !weight.device().is_cpu()
-            || weight.dtype() != DType::F32
-            || weight.rank() != 2
-            || weight.track_op()
-        {
+        self.get_group(&[weight], rows)
+    }
+
+    /// As [`get`](Self::get), for weights with the same input size packed as one.
+    pub fn get_group(&self, weights: &[&Tensor], rows: usize) -> Result<Option<Arc<PackedWeight>>> {
+        let packable = |w: &&Tensor| {
+            w.device().is_cpu() && w.dtype() == DType::F32 && w.rank() == 2 && !w.track_op()
+        };
+        if rows == 0 || rows > MAX_ROWS || weights.is_empty() || !weights.iter().all(packable) {
             return Ok(None);
         }
         let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = slot.as_ref()
-            && p.source == weight.id()
+            && p.sources.iter().copied().eq(weights.iter().map(|w| w.id()))
         {
             return Ok(Some(p.clone()));
         }
-        let packed = PackedWeight::pack(weight)?.map(Arc::new);
+        let packed = PackedWeight::pack(weights)?.map(Arc::new);
         slot.clone_from(&packed);
         Ok(packed)
     }
@@ -361,7 +396,7 @@ mod tests {
                 // A transposed view, as frozen weights are laid out for the general matmul.
                 let laid_out = w.t().unwrap().contiguous().unwrap().t().unwrap();
                 for weight in [&w, &laid_out] {
-                    let p = PackedWeight::pack_for(weight, isa).unwrap();
+                    let p = PackedWeight::pack_for(&[weight], isa).unwrap();
                     let xv: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
                     let wv: Vec<f32> = w.flatten_all().unwrap().to_vec1().unwrap();
                     let mut out = vec![f32::NAN; m * n];
@@ -379,6 +414,53 @@ mod tests {
     }
 
     #[test]
+    fn weights_packed_together_give_each_weights_product_in_turn() {
+        let dev = Device::Cpu;
+        let k = 37;
+        // Widths below, at and past a panel, not multiples of it, and an empty one.
+        let ws: Vec<Tensor> = [40, 16, 0, 23]
+            .iter()
+            .map(|&n| Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap())
+            .collect();
+        let refs: Vec<&Tensor> = ws.iter().collect();
+        let total: usize = ws.iter().map(|w| w.dim(0).unwrap()).sum();
+        for isa in isas() {
+            let group = PackedWeight::pack_for(&refs, isa).unwrap();
+            assert_eq!(group.out_features(), total);
+            for m in [1, 5, 17] {
+                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let mut all = vec![f32::NAN; m * total];
+                group.matmul(&mut all, &x, m).unwrap();
+                let mut c0 = 0;
+                for w in &ws {
+                    let n = w.dim(0).unwrap();
+                    let alone = PackedWeight::pack_for(&[w], isa).unwrap();
+                    let mut one = vec![f32::NAN; m * n];
+                    alone.matmul(&mut one, &x, m).unwrap();
+                    for i in 0..m {
+                        assert_eq!(
+                            all[i * total + c0..i * total + c0 + n],
+                            one[i * n..(i + 1) * n],
+                            "{isa:?}: {m} rows, row {i}, the weight at column {c0}"
+                        );
+                    }
+                    c0 += n;
+                }
+            }
+        }
+        // Input sizes that differ cannot be packed together.
+        let other = Tensor::randn(0f32, 1.0, (8, k + 1), &dev).unwrap();
+        if let Some(&isa) = isas().first() {
+            assert!(PackedWeight::pack_for(&[&ws[0], &other], isa).is_err());
+        }
+    }
+
+    #[test]
     fn a_rows_result_does_not_depend_on_the_rest_of_its_batch() {
         let dev = Device::Cpu;
         let (m, k, n) = (37, 50, 70);
@@ -390,7 +472,7 @@ mod tests {
             .to_vec1()
             .unwrap();
         for isa in isas() {
-            let p = PackedWeight::pack_for(&w, isa).unwrap();
+            let p = PackedWeight::pack_for(&[&w], isa).unwrap();
             let mut all = vec![0f32; m * n];
             p.matmul(&mut all, &x, m).unwrap();
             for i in [0, 8, 16, 36] {
@@ -424,7 +506,7 @@ mod tests {
         let clone = cache.clone();
         let w2 = (&w * 2.0).unwrap();
         let second = clone.get(&w2, 4).unwrap().expect("packed");
-        assert_eq!(second.source, w2.id());
+        assert_eq!(second.sources, [w2.id()]);
         let x = vec![1f32; 4];
         let (mut a, mut b) = (vec![0f32; 8], vec![0f32; 8]);
         first.matmul(&mut a, &x, 1).unwrap();
@@ -432,6 +514,21 @@ mod tests {
         for (a, b) in a.iter().zip(&b) {
             assert!((2.0 * a - b).abs() < 1e-5, "the replaced weight is used");
         }
+        // A group is remade when any of its weights is replaced.
+        let group = PackedCache::default();
+        let g1 = group.get_group(&[&w, &w2], 4).unwrap().expect("packed");
+        assert!(Arc::ptr_eq(
+            &g1,
+            &group.get_group(&[&w, &w2], 2).unwrap().unwrap()
+        ));
+        let g2 = group.get_group(&[&w, &w], 4).unwrap().expect("packed");
+        assert_eq!(g2.sources, [w.id(), w.id()]);
+        assert!(
+            group
+                .get_group(&[&w, var.as_tensor()], 4)
+                .unwrap()
+                .is_none()
+        );
         assert!(cache.is_packed());
         clone.release();
         assert!(!cache.is_packed(), "clones share one slot");

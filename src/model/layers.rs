@@ -94,6 +94,54 @@ pub fn linear(
     }
 }
 
+/// The products of a few rows against projections that read the same input (a layer's query,
+/// key and value; gate and up), as one call on their weights packed together in `packed`: one
+/// parallel dispatch and one stream through the weights instead of one per projection. `None`
+/// where that does not apply, and the caller runs each projection: a graph to differentiate,
+/// adapters, a weight that is trainable or not CPU f32, more rows than the packed kernel takes,
+/// a CPU without it. Each output is what [`linear`] gives for its projection, bit for bit
+/// (the same kernel, the same order of additions).
+pub fn grouped_products(
+    x: &Tensor,
+    linears: &[&Linear],
+    packed: &PackedCache,
+) -> Result<Option<Vec<Tensor>>> {
+    // With adapters, even switched off (`BaseOnly`), the projections keep their own packed
+    // weights: a second, grouped copy would double that memory.
+    if x.track_op() || !on_cpu_f32(x) || linears.iter().any(|l| l.lora.is_some()) {
+        return Ok(None);
+    }
+    let k = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
+    let Some(p) = packed.get_group(&weights, rows)? else {
+        return Ok(None);
+    };
+    let n = p.out_features();
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; rows * n];
+    super::cpu_lora::with_f32(&x, ("grouped products", "the input"), |xs| {
+        p.matmul(&mut out, xs, rows)
+    })?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("an input axis") = n;
+    let y = Tensor::from_vec(out, dims, x.device())?;
+    let mut start = 0;
+    linears
+        .iter()
+        .map(|l| {
+            let width = l.weight.dim(0)?;
+            let part = y.narrow(D::Minus1, start, width)?;
+            start += width;
+            match &l.bias {
+                Some(b) => part.broadcast_add(b),
+                None => part.contiguous(),
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 /// `x @ wt` over the last axis of `x`, with a backward for `x` only.
 struct FrozenMatmul {
     /// (in, out), contiguous.
@@ -467,12 +515,23 @@ pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// The gate and up weights packed together for decoding steps (see [`grouped_products`]).
+    pub gate_up_packed: PackedCache,
 }
 
 impl Mlp {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let gate = self.gate_proj.forward(x, mode)?;
-        let up = self.up_proj.forward(x, mode)?;
+        let pair = [&self.gate_proj, &self.up_proj];
+        let (gate, up) = match grouped_products(x, &pair, &self.gate_up_packed)? {
+            Some(mut ys) => {
+                let up = ys.pop().expect("two products");
+                (ys.pop().expect("two products"), up)
+            }
+            None => (
+                self.gate_proj.forward(x, mode)?,
+                self.up_proj.forward(x, mode)?,
+            ),
+        };
         // On the CPU in f32 the product is one op (one pass each way).
         let h = if on_cpu_f32(&gate) {
             super::cpu_swiglu::swiglu(&gate, &up)?
@@ -574,6 +633,64 @@ mod tests {
             .max_all()
             .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn grouped_products_equal_each_projection_and_stand_aside_where_they_do_not_apply() {
+        let dev = Device::Cpu;
+        let k = 24;
+        let proj = |out: usize, bias: bool, stream: u64| Linear {
+            weight: matmul_layout(&Tensor::randn(0f32, 1.0, (out, k), &dev).unwrap()).unwrap(),
+            bias: bias.then(|| Tensor::randn(0f32, 1.0, out, &dev).unwrap()),
+            lora: None,
+            stream,
+            packed: PackedCache::default(),
+        };
+        // Widths that are not multiples of a panel; one projection with a bias.
+        let (q, kp, v) = (proj(40, false, 0), proj(20, true, 1), proj(8, false, 2));
+        let group = [&q, &kp, &v];
+        let cache = PackedCache::default();
+        for rows in [1, 5, MAX_ROWS] {
+            let x = Tensor::randn(0f32, 1.0, (rows, 1, k), &dev).unwrap();
+            let ys = grouped_products(&x, &group, &cache).unwrap();
+            if !kernel_available() {
+                assert!(ys.is_none());
+                continue;
+            }
+            let ys = ys.expect("grouped");
+            for (y, l) in ys.iter().zip(group) {
+                let alone = l.forward(&x, Mode::Eval).unwrap();
+                assert_eq!(y.dims(), alone.dims());
+                let (y, alone) = (y.flatten_all().unwrap(), alone.flatten_all().unwrap());
+                assert_eq!(
+                    y.to_vec1::<f32>().unwrap(),
+                    alone.to_vec1::<f32>().unwrap(),
+                    "{rows} rows: the grouped product differs from the projection's own"
+                );
+            }
+        }
+        // More rows than the packed kernel takes, a graph to differentiate, an adapter.
+        let many = Tensor::randn(0f32, 1.0, (MAX_ROWS + 1, k), &dev).unwrap();
+        assert!(grouped_products(&many, &group, &cache).unwrap().is_none());
+        let tracked = Var::randn(0f32, 1.0, (2, k), &dev).unwrap();
+        assert!(
+            grouped_products(tracked.as_tensor(), &group, &cache)
+                .unwrap()
+                .is_none()
+        );
+        let mut adapted = proj(8, false, 3);
+        adapted.lora = Some(LoraAdapter {
+            a: Tensor::zeros((2, k), DType::F32, &dev).unwrap(),
+            b: Tensor::zeros((8, 2), DType::F32, &dev).unwrap(),
+            scale: 1.0,
+            dropout: 0.0,
+        });
+        let x = Tensor::randn(0f32, 1.0, (2, k), &dev).unwrap();
+        assert!(
+            grouped_products(&x, &[&q, &adapted], &PackedCache::default())
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -287,6 +287,8 @@ pub fn merge(model: &mut Decoder) -> Result<()> {
         // A packed copy of the old weight is of no more use.
         lin.packed = Default::default();
     }
+    // Nor are the copies packed in groups (query, key and value; gate and up).
+    model.release_packed();
     model.vars.clear();
     model.trainable = Trainable::Frozen;
     Ok(())

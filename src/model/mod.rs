@@ -44,6 +44,8 @@ struct Attention {
     /// Qwen3 only: RMSNorm over each head's vector before RoPE.
     q_norm: Option<RmsNorm>,
     k_norm: Option<RmsNorm>,
+    /// The query, key and value weights packed together for decoding steps.
+    qkv_packed: layers::PackedCache,
 }
 
 struct Block {
@@ -404,6 +406,7 @@ impl Decoder {
                         )
                     })
                     .transpose()?,
+                qkv_packed: Default::default(),
             };
             let mlp = Mlp {
                 gate_proj: p.linear(
@@ -427,6 +430,7 @@ impl Decoder {
                     c.mlp_bias,
                     s + 6,
                 )?,
+                gate_up_packed: Default::default(),
             };
             layers.push(Block {
                 input_layernorm: p.norm(
@@ -495,6 +499,8 @@ impl Decoder {
         self.lm_head_packed.release();
         for l in &self.layers {
             let (a, m) = (&l.self_attn, &l.mlp);
+            a.qkv_packed.release();
+            m.gate_up_packed.release();
             for lin in [
                 &a.q_proj,
                 &a.k_proj,
@@ -588,16 +594,25 @@ impl Decoder {
             let h = layer.input_layernorm.forward(&x, fused)?;
             let a = &layer.self_attn;
             // (B, T, n, D), normalised per head where the architecture does.
-            let heads = |proj: &Linear, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
-                let y = proj.forward(&h, mode)?.reshape((b, t, n, c.head_dim))?;
+            let heads = |y: Tensor, n: usize, norm: &Option<RmsNorm>| -> Result<Tensor> {
+                let y = y.reshape((b, t, n, c.head_dim))?;
                 match norm {
                     Some(norm) => norm.forward(&y, fused),
                     None => Ok(y),
                 }
             };
-            let q = heads(&a.q_proj, c.num_attention_heads, &a.q_norm)?;
-            let k = heads(&a.k_proj, c.num_key_value_heads, &a.k_norm)?;
-            let v = heads(&a.v_proj, c.num_key_value_heads, &None)?;
+            let projs = [&a.q_proj, &a.k_proj, &a.v_proj];
+            let [q, k, v] = match layers::grouped_products(&h, &projs, &a.qkv_packed)? {
+                Some(ys) => <[Tensor; 3]>::try_from(ys).expect("three products"),
+                None => [
+                    a.q_proj.forward(&h, mode)?,
+                    a.k_proj.forward(&h, mode)?,
+                    a.v_proj.forward(&h, mode)?,
+                ],
+            };
+            let q = heads(q, c.num_attention_heads, &a.q_norm)?;
+            let k = heads(k, c.num_key_value_heads, &a.k_norm)?;
+            let v = heads(v, c.num_key_value_heads, &None)?;
             // Time is axis 1 in the kernel's layout, axis 2 in the composed one's (B, n, T, D).
             let (q, k, v, time_axis) = if cpu_kernel {
                 (rope.apply_thd(&q, fused)?, rope.apply_thd(&k, fused)?, v, 1)
