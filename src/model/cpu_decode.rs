@@ -361,6 +361,16 @@ mod tests {
         Isa::supported()
     }
 
+    /// An (m, k) matrix of standard normal values, row-major.
+    fn random_rows(m: usize, k: usize) -> Vec<f32> {
+        Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     /// `x W^T` in f64.
     fn reference(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
@@ -428,12 +438,7 @@ mod tests {
             let group = PackedWeight::pack_for(&refs, isa).unwrap();
             assert_eq!(group.out_features(), total);
             for m in [1, 5, 17] {
-                let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1()
-                    .unwrap();
+                let x = random_rows(m, k);
                 let mut all = vec![f32::NAN; m * total];
                 group.matmul(&mut all, &x, m).unwrap();
                 let mut c0 = 0;
@@ -465,12 +470,7 @@ mod tests {
         let dev = Device::Cpu;
         let (m, k, n) = (37, 50, 70);
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap();
-        let x: Vec<f32> = Tensor::randn(0f32, 1.0, (m, k), &dev)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let x = random_rows(m, k);
         for isa in isas() {
             let p = PackedWeight::pack_for(&[&w], isa).unwrap();
             let mut all = vec![0f32; m * n];

@@ -522,15 +522,12 @@ pub struct Mlp {
 impl Mlp {
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let pair = [&self.gate_proj, &self.up_proj];
-        let (gate, up) = match grouped_products(x, &pair, &self.gate_up_packed)? {
-            Some(mut ys) => {
-                let up = ys.pop().expect("two products");
-                (ys.pop().expect("two products"), up)
-            }
-            None => (
+        let [gate, up] = match grouped_products(x, &pair, &self.gate_up_packed)? {
+            Some(ys) => <[Tensor; 2]>::try_from(ys).expect("two products"),
+            None => [
                 self.gate_proj.forward(x, mode)?,
                 self.up_proj.forward(x, mode)?,
-            ),
+            ],
         };
         // On the CPU in f32 the product is one op (one pass each way).
         let h = if on_cpu_f32(&gate) {
