@@ -99,20 +99,63 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 }
 
 pub fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" => Device::new_cuda(0)
-            .context("opening CUDA device 0 (was edco built with --features cuda?)"),
+    let ordinal = match s {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
         other => match other
             .strip_prefix("cuda:")
             .and_then(|n| n.parse::<usize>().ok())
         {
-            Some(n) => Device::new_cuda(n).with_context(|| {
-                format!("opening CUDA device {n} (was edco built with --features cuda?)")
-            }),
+            Some(n) => n,
             None => bail!("unsupported device `{other}`: expected cpu, cuda or cuda:N"),
         },
+    };
+    cuda_libraries_present()?;
+    Device::new_cuda(ordinal).with_context(|| {
+        format!("opening CUDA device {ordinal} (was edco built with --features cuda?)")
+    })
+}
+
+/// The CUDA build loads the driver and the CUDA libraries when a device is first opened, and the
+/// loader panics on a missing one: look for them first, so that a missing library is an error
+/// that names it.
+#[cfg(feature = "cuda")]
+fn cuda_libraries_present() -> Result<()> {
+    use candle_core::cuda::cudarc::{cublas, cublaslt, curand, driver, nvrtc};
+    // SAFETY: each check only tries to open the library by its candidate names.
+    let found = unsafe {
+        [
+            (
+                "the CUDA driver (libcuda.so.1)",
+                driver::sys::is_culib_present(),
+            ),
+            ("cuBLAS (libcublas.so)", cublas::sys::is_culib_present()),
+            (
+                "cuBLASLt (libcublasLt.so)",
+                cublaslt::sys::is_culib_present(),
+            ),
+            ("cuRAND (libcurand.so)", curand::sys::is_culib_present()),
+            ("NVRTC (libnvrtc.so)", nvrtc::sys::is_culib_present()),
+        ]
+    };
+    let missing: Vec<&str> = found
+        .iter()
+        .filter(|(_, ok)| !ok)
+        .map(|(n, _)| *n)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "cannot open a CUDA device: {} not found on the library path \
+             (set LD_LIBRARY_PATH to the folders holding the CUDA 13 libraries)",
+            missing.join(", ")
+        );
     }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_libraries_present() -> Result<()> {
+    Ok(())
 }
 
 #[derive(Args)]
