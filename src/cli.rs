@@ -37,6 +37,8 @@ pub enum Command {
     EstimateEntropy(EstimateEntropyArgs),
     /// Write a small randomly initialised model in Hugging Face layout.
     InitModel(InitModelArgs),
+    /// Check a device against the CPU (logits in f32 and bf16) and measure its speed.
+    CheckDevice(CheckDeviceArgs),
 }
 
 #[derive(Args)]
@@ -364,12 +366,47 @@ pub struct InitModelArgs {
     pub heads: usize,
     #[arg(long, default_value_t = 2)]
     pub kv_heads: usize,
+    /// Width of each attention head (Qwen3-4B: 128); default: hidden size / heads.
+    #[arg(long)]
+    pub head_dim: Option<usize>,
     /// Give the model its own output head instead of sharing the embedding.
     #[arg(long)]
     pub untied: bool,
     /// Embedding rows (at least the tokenizer's vocabulary); default: the tokenizer's.
     #[arg(long)]
     pub vocab_size: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args)]
+pub struct CheckDeviceArgs {
+    /// A Hugging Face model directory, a .gguf file, or a hub id.
+    #[arg(long)]
+    pub model: String,
+    /// The device to check against the CPU: cuda or cuda:N (cpu checks the CPU's own bf16).
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
+    /// Rows of random token ids.
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 64)]
+    pub seq_len: usize,
+    /// Also measure speed in this dtype (f32 or bf16); the logits check runs both regardless.
+    #[arg(long)]
+    pub speed: Option<String>,
+    /// Rows and tokens per row of the speed measurements.
+    #[arg(long, default_value_t = 8)]
+    pub speed_batch: usize,
+    #[arg(long, default_value_t = 512)]
+    pub speed_seq_len: usize,
+    /// Side of the square matrix product whose rate the utilisation is measured against.
+    #[arg(long, default_value_t = 8192)]
+    pub matmul_size: usize,
+    /// Timed repetitions of each speed measurement (the best counts).
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -381,7 +418,53 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Perplexity(a) => run_perplexity(a),
         Command::EstimateEntropy(a) => run_estimate_entropy(a),
         Command::InitModel(a) => run_init_model(a),
+        Command::CheckDevice(a) => run_check_device(a),
     }
+}
+
+/// Prints one JSON line per logits comparison (and per speed measurement), and fails when a
+/// comparison is out of tolerance.
+fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
+    use crate::device_check::{CheckSpec, agreement, speed};
+    if a.batch == 0 || a.seq_len == 0 || a.speed_batch == 0 || a.speed_seq_len == 0 {
+        bail!("--batch, --seq-len, --speed-batch and --speed-seq-len must be at least 1");
+    }
+    let mut spec = CheckSpec {
+        model: a.model,
+        device: parse_device(&a.device)?,
+        batch: a.batch,
+        seq_len: a.seq_len,
+        seed: a.seed,
+        reps: a.reps,
+    };
+    let checks = agreement(&spec)?;
+    let mut out = std::io::stdout().lock();
+    for c in &checks {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "check": "logits", "device": a.device, "result": c })
+        )?;
+    }
+    if let Some(dtype) = &a.speed {
+        spec.batch = a.speed_batch;
+        spec.seq_len = a.speed_seq_len;
+        let s = speed(&spec, parse_dtype(dtype)?, a.matmul_size)?;
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "check": "speed", "device": a.device, "result": s })
+        )?;
+    }
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.pass).map(|c| c.dtype).collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} logits differ from the CPU's beyond tolerance in {}",
+            a.device,
+            failed.join(", ")
+        );
+    }
+    Ok(())
 }
 
 fn run_train(a: TrainArgs) -> Result<()> {
@@ -574,6 +657,7 @@ fn run_init_model(a: InitModelArgs) -> Result<()> {
         num_hidden_layers: a.layers,
         num_attention_heads: a.heads,
         num_key_value_heads: a.kv_heads,
+        head_dim: a.head_dim,
         tie_word_embeddings: !a.untied,
         vocab_size: a.vocab_size,
         seed: a.seed,

@@ -25,6 +25,8 @@ pub struct InitSpec {
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
+    /// Width of each attention head; None: hidden_size / num_attention_heads.
+    pub head_dim: Option<usize>,
     pub tie_word_embeddings: bool,
     /// Embedding rows, at least the tokenizer's vocabulary; None: exactly that.
     pub vocab_size: Option<usize>,
@@ -81,7 +83,14 @@ pub fn init_model(spec: &InitSpec, tokenizer: Option<&Path>, out: &Path) -> Resu
         Some(dir) => Tokenizer::from_dir(dir)?,
         None => byte_tokenizer()?,
     };
-    if spec.num_attention_heads == 0 || !spec.hidden_size.is_multiple_of(spec.num_attention_heads) {
+    if let Some(d) = spec.head_dim
+        && (d == 0 || !d.is_multiple_of(2))
+    {
+        bail!("--head-dim {d}: expected an even number of at least 2 (rotary pairs)");
+    }
+    if spec.num_attention_heads == 0
+        || (spec.head_dim.is_none() && !spec.hidden_size.is_multiple_of(spec.num_attention_heads))
+    {
         bail!(
             "--hidden-size {} is not a multiple of --heads {}",
             spec.hidden_size,
@@ -111,7 +120,9 @@ pub fn init_model(spec: &InitSpec, tokenizer: Option<&Path>, out: &Path) -> Resu
         num_hidden_layers: spec.num_hidden_layers,
         num_attention_heads: spec.num_attention_heads,
         num_key_value_heads: spec.num_key_value_heads,
-        head_dim: spec.hidden_size / spec.num_attention_heads,
+        head_dim: spec
+            .head_dim
+            .unwrap_or(spec.hidden_size / spec.num_attention_heads),
         rms_norm_eps: 1e-6,
         rope_theta: if spec.arch == Arch::Qwen3 {
             1_000_000.0
@@ -228,6 +239,7 @@ mod tests {
             num_hidden_layers: 1,
             num_attention_heads: 2,
             num_key_value_heads: 1,
+            head_dim: None,
             tie_word_embeddings: true,
             vocab_size: Some(300),
             seed: 0,

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod curriculum;
 pub mod data;
+pub mod device_check;
 pub mod entropy;
 pub mod eval;
 pub mod init_model;

@@ -227,3 +227,75 @@ fn estimate_entropy_rejects_bad_data_and_keeps_earlier_scores() {
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "earlier scores\n");
     }
 }
+
+/// `check-device` on the CPU: f32 is the reference's own path (no difference at all), bf16
+/// differs but within its tolerance on a tiny model, and a speed line reports positive rates;
+/// the CUDA flag on a CPU-only build is an error naming the device.
+#[test]
+fn check_device_compares_logits_and_reports_speed() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    let model = model.to_str().unwrap();
+    let out = edco(&["init-model", "--out", model, "--seed", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = edco(&[
+        "check-device",
+        "--model",
+        model,
+        "--device",
+        "cpu",
+        "--speed",
+        "f32",
+        "--speed-batch",
+        "2",
+        "--speed-seq-len",
+        "16",
+        "--matmul-size",
+        "128",
+        "--reps",
+        "1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let (f32_check, bf16_check) = (&lines[0]["result"], &lines[1]["result"]);
+    assert_eq!(f32_check["dtype"], "float32");
+    assert_eq!(f32_check["relative_error"], 0.0);
+    assert_eq!(bf16_check["dtype"], "bfloat16");
+    let e = bf16_check["relative_error"].as_f64().unwrap();
+    assert!(
+        e > 0.0 && e <= 1e-2 && bf16_check["pass"] == true,
+        "{bf16_check}"
+    );
+    let speed = &lines[2]["result"];
+    for key in [
+        "matmul_tflops",
+        "forward_tokens_per_s",
+        "train_tokens_per_s",
+        "train_mfu",
+    ] {
+        assert!(speed[key].as_f64().unwrap() > 0.0, "{key}: {speed}");
+    }
+
+    if !cfg!(feature = "cuda") {
+        let out = edco(&["check-device", "--model", model, "--device", "cuda"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("opening CUDA device 0") && !err.contains("panicked"),
+            "{err}"
+        );
+    }
+}

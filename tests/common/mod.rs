@@ -39,6 +39,7 @@ pub fn tiny_model(arch: Arch, tied: bool, seed: u64) -> tempfile::TempDir {
         num_hidden_layers: 2,
         num_attention_heads: 4,
         num_key_value_heads: 2,
+        head_dim: None,
         tie_word_embeddings: tied,
         vocab_size: None,
         seed,

@@ -1,0 +1,242 @@
+//! `edco check-device`: does a device compute what the CPU computes, and how fast?
+//!
+//! The same model and the same token ids run on the CPU in f32 (the reference) and on the device
+//! in f32 and bf16; each device run's logits are compared with the reference's, relative to the
+//! reference's largest magnitude. Then the device's speed: its measured matrix-product rate in
+//! the working dtype, and the throughput of a forward pass and of a training forward and
+//! backward on the model, each also as a fraction of that product rate (model FLOPs
+//! utilisation, counting the projections' and the head's products: 2 FLOPs per weight and token
+//! forward, 6 with the backward).
+
+use crate::model::layers::Mode;
+use crate::model::load::{LoadOptions, dtype_name, load};
+use crate::model::{Batch, Trainable};
+use anyhow::{Context, Result, bail};
+use candle_core::{DType, Device, Tensor};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use std::time::Instant;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CheckSpec {
+    pub model: String,
+    pub device: Device,
+    pub batch: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    /// Timed repetitions of each speed measurement (after one untimed).
+    pub reps: usize,
+}
+
+/// One device run's logits against the CPU f32 reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Agreement {
+    pub dtype: &'static str,
+    /// max |device - reference| / max |reference|.
+    pub relative_error: f64,
+    pub tolerance: f64,
+    pub pass: bool,
+}
+
+/// The device's speed in one dtype.
+#[derive(Debug, Clone, Serialize)]
+pub struct Speed {
+    pub dtype: &'static str,
+    /// Square product size used for the product rate.
+    pub matmul_size: usize,
+    pub matmul_tflops: f64,
+    pub forward_tokens_per_s: f64,
+    pub forward_mfu: f64,
+    pub train_tokens_per_s: f64,
+    pub train_mfu: f64,
+    /// Weights the model FLOPs count (projections and head).
+    pub matmul_params: usize,
+}
+
+/// The tolerance the comparison of `dtype` must meet: f32 agrees to rounding, bf16 (8 bits of
+/// mantissa) to about a percent.
+pub fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::F32 => 1e-4,
+        _ => 1e-2,
+    }
+}
+
+/// max |a - b| / max |b|; inputs of different lengths, or a non-finite value in `a`, are an
+/// error or infinity, never a pass.
+pub fn relative_error(a: &[f32], reference: &[f32]) -> Result<f64> {
+    if a.len() != reference.len() {
+        bail!(
+            "{} values against {} in the reference",
+            a.len(),
+            reference.len()
+        );
+    }
+    let scale = reference
+        .iter()
+        .fold(0f64, |m, &x| m.max(f64::from(x).abs()));
+    let mut diff = 0f64;
+    for (&x, &r) in a.iter().zip(reference) {
+        let d = (f64::from(x) - f64::from(r)).abs();
+        if !d.is_finite() {
+            return Ok(f64::INFINITY);
+        }
+        diff = diff.max(d);
+    }
+    Ok(if scale > 0.0 { diff / scale } else { diff })
+}
+
+/// Random token ids (batch, seq_len) below `vocab`.
+fn token_rows(batch: usize, seq_len: usize, vocab: usize, seed: u64) -> Vec<Vec<u32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..batch)
+        .map(|_| {
+            (0..seq_len)
+                .map(|_| rng.random_range(0..vocab as u32))
+                .collect()
+        })
+        .collect()
+}
+
+fn logits_on(
+    spec: &CheckSpec,
+    device: &Device,
+    dtype: DType,
+    rows: &[Vec<u32>],
+) -> Result<Vec<f32>> {
+    let opts = LoadOptions {
+        dtype,
+        device: device.clone(),
+        ..LoadOptions::default()
+    };
+    let loaded = load(&spec.model, &opts).with_context(|| {
+        format!(
+            "loading {} on {device:?} in {}",
+            spec.model,
+            dtype_name(dtype)
+        )
+    })?;
+    let batch = Batch::right_padded(rows, 0, device)?;
+    let logits = loaded.model.forward(&batch, Mode::Eval)?;
+    Ok(logits
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+/// The device's logits in f32 and bf16 against the CPU's in f32.
+pub fn agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
+    let probe = load(&spec.model, &LoadOptions::default())?;
+    let vocab = probe.model.config.vocab_size;
+    drop(probe);
+    let rows = token_rows(spec.batch, spec.seq_len, vocab, spec.seed);
+    let reference = logits_on(spec, &Device::Cpu, DType::F32, &rows)?;
+    [DType::F32, DType::BF16]
+        .into_iter()
+        .map(|dtype| {
+            let got = logits_on(spec, &spec.device, dtype, &rows)?;
+            let relative_error = relative_error(&got, &reference)?;
+            let tolerance = tolerance(dtype);
+            Ok(Agreement {
+                dtype: dtype_name(dtype),
+                relative_error,
+                tolerance,
+                pass: relative_error <= tolerance,
+            })
+        })
+        .collect()
+}
+
+/// Seconds per call of `f`, the best of `reps` after one untimed call, the device drained
+/// before each clock read.
+fn best_seconds(device: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    device.synchronize()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        f()?;
+        device.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Product rate, forward and training throughput on the device in `dtype`.
+pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed> {
+    let dev = &spec.device;
+    let a = Tensor::randn(0f32, 1.0, (matmul_size, matmul_size), dev)?.to_dtype(dtype)?;
+    let b = Tensor::randn(0f32, 1.0, (matmul_size, matmul_size), dev)?.to_dtype(dtype)?;
+    let s = best_seconds(dev, spec.reps, || {
+        a.matmul(&b).map(drop).map_err(Into::into)
+    })?;
+    let matmul_flops = 2.0 * (matmul_size as f64).powi(3) / s;
+
+    let opts = LoadOptions {
+        dtype,
+        device: dev.clone(),
+        trainable: Trainable::Full,
+        ..LoadOptions::default()
+    };
+    let loaded = load(&spec.model, &opts)?;
+    let model = &loaded.model;
+    let c = &model.config;
+    let embedding = c.vocab_size * c.hidden_size;
+    let all: usize = model
+        .named_parameters()
+        .iter()
+        .map(|(_, t)| t.elem_count())
+        .sum();
+    // Tied or not, the head is one (vocab, hidden) product; the embedding is a lookup.
+    let matmul_params = all - if c.tie_word_embeddings { 0 } else { embedding };
+    let rows = token_rows(spec.batch, spec.seq_len, c.vocab_size, spec.seed);
+    let batch = Batch::right_padded(&rows, 0, dev)?;
+    let tokens = (spec.batch * spec.seq_len) as f64;
+
+    let fwd = best_seconds(dev, spec.reps, || {
+        model
+            .forward(&batch, Mode::Eval)
+            .map(drop)
+            .map_err(Into::into)
+    })?;
+    let train = best_seconds(dev, spec.reps, || {
+        let loss = model
+            .forward(&batch, Mode::Train { seed: 0 })?
+            .to_dtype(DType::F32)?
+            .sqr()?
+            .mean_all()?;
+        loss.backward().map(drop).map_err(Into::into)
+    })?;
+    let per_token = 2.0 * matmul_params as f64;
+    Ok(Speed {
+        dtype: dtype_name(dtype),
+        matmul_size,
+        matmul_tflops: matmul_flops / 1e12,
+        forward_tokens_per_s: tokens / fwd,
+        forward_mfu: per_token * tokens / fwd / matmul_flops,
+        train_tokens_per_s: tokens / train,
+        train_mfu: 3.0 * per_token * tokens / train / matmul_flops,
+        matmul_params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_error_is_against_the_reference_scale() {
+        let r = [1.0f32, -4.0, 2.0];
+        assert_eq!(relative_error(&r, &r).unwrap(), 0.0);
+        let e = relative_error(&[1.0, -4.0, 2.2], &r).unwrap();
+        assert!((e - 0.05).abs() < 1e-6, "{e}");
+        assert!(
+            relative_error(&[1.0, f32::NAN, 2.0], &r)
+                .unwrap()
+                .is_infinite()
+        );
+        assert!(relative_error(&[1.0], &r).is_err());
+    }
+}
