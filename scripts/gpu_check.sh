@@ -33,7 +33,7 @@ if [ "$device" = cpu ]; then
   speed_args=(--speed f32 --speed-batch 2 --speed-seq-len 64 --matmul-size 512 --reps 2)
 else
   small=0
-  speed_args=(--speed bf16 --speed-batch 8 --speed-seq-len 1024 --matmul-size 8192 --reps 5)
+  speed_args=(--speed bf16 --speed-batch 4 --speed-seq-len 1024 --matmul-size 8192 --reps 5)
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
 fi
 edco() { "$bin" "$@"; }

@@ -99,12 +99,17 @@ fn token_rows(batch: usize, seq_len: usize, vocab: usize, seed: u64) -> Vec<Vec<
         .collect()
 }
 
-fn logits_on(
-    spec: &CheckSpec,
-    device: &Device,
-    dtype: DType,
-    rows: &[Vec<u32>],
-) -> Result<Vec<f32>> {
+fn logits(model: &crate::model::Decoder, device: &Device, rows: &[Vec<u32>]) -> Result<Vec<f32>> {
+    let batch = Batch::right_padded(rows, 0, device)?;
+    Ok(model
+        .forward(&batch, Mode::Eval)?
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1()?)
+}
+
+fn load_on(spec: &CheckSpec, device: &Device, dtype: DType) -> Result<crate::model::Decoder> {
     let opts = LoadOptions {
         dtype,
         device: device.clone(),
@@ -117,26 +122,22 @@ fn logits_on(
             dtype_name(dtype)
         )
     })?;
-    let batch = Batch::right_padded(rows, 0, device)?;
-    let logits = loaded.model.forward(&batch, Mode::Eval)?;
-    Ok(logits
-        .to_device(&Device::Cpu)?
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?)
+    Ok(loaded.model)
 }
 
-/// The device's logits in f32 and bf16 against the CPU's in f32.
+/// The device's logits in f32 and bf16 against the CPU's in f32. One model is loaded at a time.
 pub fn agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
-    let probe = load(&spec.model, &LoadOptions::default())?;
-    let vocab = probe.model.config.vocab_size;
-    drop(probe);
-    let rows = token_rows(spec.batch, spec.seq_len, vocab, spec.seed);
-    let reference = logits_on(spec, &Device::Cpu, DType::F32, &rows)?;
+    let (rows, reference) = {
+        let model = load_on(spec, &Device::Cpu, DType::F32)?;
+        let rows = token_rows(spec.batch, spec.seq_len, model.config.vocab_size, spec.seed);
+        let reference = logits(&model, &Device::Cpu, &rows)?;
+        (rows, reference)
+    };
     [DType::F32, DType::BF16]
         .into_iter()
         .map(|dtype| {
-            let got = logits_on(spec, &spec.device, dtype, &rows)?;
+            let model = load_on(spec, &spec.device, dtype)?;
+            let got = logits(&model, &spec.device, &rows)?;
             let relative_error = relative_error(&got, &reference)?;
             let tolerance = tolerance(dtype);
             Ok(Agreement {
