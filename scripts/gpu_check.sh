@@ -27,7 +27,7 @@ if [ "$device" != cpu ] && python3 -c 'import nvidia' 2>/dev/null; then
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 step() { echo "== $* ($(date -u +%H:%M:%S))"; }
-timed() { local t0=$SECONDS; "$@"; echo "   ${*:1:2}: $((SECONDS - t0)) s"; }
+timed() { local t0=$SECONDS; "$@"; echo "   ${*:1:2}: $((SECONDS - t0)) s" >&2; }
 if [ "$device" = cpu ]; then
   small=1
   speed_args=(--speed f32 --speed-batch 2 --speed-seq-len 64 --matmul-size 512 --reps 2)
