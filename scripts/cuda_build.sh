@@ -15,11 +15,16 @@
 # `nvidia-*` CUDA 13 wheels, or /usr/local/cuda/lib64 with a CUDA 13 toolkit.
 #
 # Usage: scripts/cuda_build.sh [extra cargo build arguments]
+#        scripts/cuda_build.sh --lib-dir   prints the folder of the fetched CUDA runtime library
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${EDCO_CACHE:-$HOME/.cache/edco}/cuda-13.0"
 root="$cache/root/nvidia/cu13"
+if [ "${1:-}" = --lib-dir ]; then
+  echo "$root/lib"
+  exit 0
+fi
 reqs="nvidia-cuda-nvcc==13.0.88 \
 --hash=sha256:56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03
 nvidia-nvvm==13.0.88 \

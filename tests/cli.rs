@@ -13,6 +13,13 @@ fn edco(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// One JSON value per line of `text`.
+fn json_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 #[test]
 fn init_generate_perplexity() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,11 +61,7 @@ fn init_generate_perplexity() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(lines.len(), 2);
     for l in &lines {
         let n = l["tokens"].as_u64().unwrap() as usize;
@@ -83,11 +86,7 @@ fn init_generate_perplexity() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&scores)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&std::fs::read_to_string(&scores).unwrap());
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], "q1");
     assert_eq!(lines[1]["id"], "line-2");
@@ -140,11 +139,7 @@ fn estimate_entropy_writes_scores_summary_and_pictures() {
         args.extend_from_slice(extra);
         let o = edco(&args);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        std::fs::read_to_string(&out)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect::<Vec<serde_json::Value>>()
+        json_lines(&std::fs::read_to_string(&out).unwrap())
     };
     let nats = run(&["--compare-full", "--per-token"]);
     assert_eq!(nats.len(), 12);
@@ -264,11 +259,7 @@ fn check_device_compares_logits_and_reports_speed() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = json_lines(&String::from_utf8(out.stdout).unwrap());
     assert_eq!(lines.len(), 3, "{lines:?}");
     let (f32_check, bf16_check) = (&lines[0]["result"], &lines[1]["result"]);
     assert_eq!(f32_check["dtype"], "float32");
