@@ -7,9 +7,16 @@
 //! `cargo bench --bench model -- --model GGUF_OR_HF_DIR --case train|train-lora|generate|prefill
 //! [--warmup N] [--steps N] [--new-tokens N]` prints one JSON object, with the process's peak
 //! resident memory (model loading included).
+//!
+//! `--case machine` measures what bounds those loops on this CPU, for reading the ratios: the
+//! rate of fused multiply-adds from registers, of reading memory, of the general matmul on the
+//! model's layer shapes (1024 rows, as a training step has) and of the packed decoding product
+//! (16 rows against the head's weight).
 
 use anyhow::{Context, Result};
 use candle_core::Device;
+use candle_core::Tensor;
+use edco::model::cpu_decode::PackedCache;
 use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
@@ -227,10 +234,157 @@ fn bench() -> Result<()> {
                 "prompt_tokens_per_s": (tokens * args.steps) as f64 / secs,
             })
         }
-        other => anyhow::bail!("unknown case {other}: train, train-lora, generate or prefill"),
+        "machine" => machine(&m.model.config)?,
+        other => {
+            anyhow::bail!("unknown case {other}: train, train-lora, generate, prefill or machine")
+        }
     };
     let mut result = result;
     result["peak_rss_mb"] = peak_rss_mb().into();
     println!("{result}");
     Ok(())
+}
+
+/// The best of `reps` timings of `f`, in seconds, after one untimed call.
+fn best_of(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let start = Instant::now();
+        f()?;
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// What bounds the loops above on this CPU, every figure over all the pool's threads.
+fn machine(config: &edco::model::config::ModelConfig) -> Result<serde_json::Value> {
+    let threads = rayon::current_num_threads();
+    // Fused multiply-adds from registers: 12 independent chains per thread.
+    let fma = fma_rate(threads);
+    // Reading memory: a sum over 512 MiB, far past the last-level cache, a slice per thread.
+    let data: Vec<f32> = (0..128 << 20).map(|i| (i % 1000) as f32).collect();
+    let mut total = 0f32;
+    let read = best_of(5, || {
+        use rayon::prelude::*;
+        let per = data.len().div_ceil(threads);
+        total = data
+            .par_chunks(per)
+            .map(|part| {
+                let mut lanes = [0f32; 16];
+                for block in part.chunks_exact(16) {
+                    lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
+                }
+                lanes.iter().sum::<f32>()
+            })
+            .sum();
+        Ok(())
+    })?;
+    std::hint::black_box(total);
+    let read_gb_s = (data.len() * 4) as f64 / read / 1e9;
+    drop(data);
+    // The general matmul on a training step's shapes: 1024 rows through each projection.
+    let (h, i, v) = (
+        config.hidden_size,
+        config.intermediate_size,
+        config.vocab_size,
+    );
+    let mut matmul = serde_json::Map::new();
+    for (k, n) in [(h, i), (i, h), (h, h), (h, v)] {
+        let a = Tensor::randn(0f32, 1.0, (1024, k), &Device::Cpu)?;
+        let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+        let secs = best_of(5, || {
+            std::hint::black_box(a.matmul(&b)?);
+            Ok(())
+        })?;
+        let gflops = 2.0 * (1024 * k * n) as f64 / secs / 1e9;
+        matmul.insert(format!("1024x{k}x{n}"), gflops.into());
+    }
+    // The packed decoding product: 16 rows against the head's weight, which outgrows the cache.
+    let w = Tensor::randn(0f32, 1.0, (v, h), &Device::Cpu)?;
+    let packed = PackedCache::default().get(&w, 16)?;
+    let decode = match packed {
+        Some(p) => {
+            let x: Vec<f32> = (0..16 * h).map(|j| (j % 7) as f32 * 0.1).collect();
+            let mut out = vec![0f32; 16 * v];
+            let secs = best_of(5, || Ok(p.matmul(&mut out, &x, 16)?))?;
+            serde_json::json!({
+                "shape": format!("16x{h}x{v}"),
+                "weight_gb_s": (v * h * 4) as f64 / secs / 1e9,
+                "gflops": 2.0 * (16 * h * v) as f64 / secs / 1e9,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
+    Ok(serde_json::json!({
+        "tool": "edco", "case": "machine", "threads": threads,
+        "fma_gflops": fma, "read_gb_s": read_gb_s, "matmul_gflops": matmul,
+        "decode_product": decode,
+    }))
+}
+
+/// GFLOP/s of fused multiply-adds kept in registers, over `threads` threads at once; `None` on
+/// a CPU without AVX-512 or AVX2 with FMA.
+fn fma_rate(threads: usize) -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (width, run): (usize, unsafe fn(usize) -> f32) =
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                (16, fma_avx512)
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                (8, fma_avx2)
+            } else {
+                return None;
+            };
+        let iters = 20_000_000;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let start = Instant::now();
+            // SAFETY: the instruction set was detected on this CPU.
+            let sums = rayon::broadcast(|_| unsafe { run(iters) });
+            std::hint::black_box(sums);
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Some((2 * 12 * width * iters * threads) as f64 / best / 1e9)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = threads;
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+    let mut acc = [_mm512_setzero_ps(); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    acc.iter().map(|&a| _mm512_reduce_add_ps(a)).sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    let mut acc = [_mm256_setzero_ps(); 12];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    let mut lanes = [0f32; 8];
+    acc.iter().fold(0.0, |sum, &a| {
+        // SAFETY: eight f32 lanes into eight f32s.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), a) };
+        sum + lanes.iter().sum::<f32>()
+    })
 }

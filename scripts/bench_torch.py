@@ -19,6 +19,10 @@ model directory (as `edco init-model` writes), and times one case:
   --case prefill   one forward over 16 left-padded prompts of 300..450 random
                    tokens (MedQA-sized), logits at the last position only: the
                    first step of entropy scoring; --iters timed runs.
+  --case matmul    torch.matmul of 1024 rows against the model's layer shapes
+                   (hidden x intermediate, intermediate x hidden, hidden x
+                   hidden, hidden x vocabulary), GFLOP/s of the best of 5:
+                   the same products as edco's `--case machine`.
 
 Prints one JSON object on stdout (logs go to stderr), with the process's peak
 resident memory (model loading included). Example:
@@ -182,11 +186,28 @@ def bench_prefill(model, tok, args, gen):
     }
 
 
+def bench_matmul(model, tok, args, gen):
+    c = model.config
+    h, i, v = c.hidden_size, c.intermediate_size, c.vocab_size
+    rates = {}
+    for k, n in [(h, i), (i, h), (h, h), (h, v)]:
+        a = torch.randn(1024, k, generator=gen)
+        b = torch.randn(k, n, generator=gen)
+        torch.matmul(a, b)
+        best = float("inf")
+        for _ in range(5):
+            start = time.perf_counter()
+            torch.matmul(a, b)
+            best = min(best, time.perf_counter() - start)
+        rates[f"1024x{k}x{n}"] = 2 * 1024 * k * n / best / 1e9
+    return {"matmul_gflops": rates}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", "--gguf", dest="model", required=True, help="GGUF file or Hugging Face model directory")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--case", choices=["train", "train-lora", "generate", "prefill"], required=True)
+    parser.add_argument("--case", choices=["train", "train-lora", "generate", "prefill", "matmul"], required=True)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (train) or runs (generate)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps (train)")
     parser.add_argument("--batch", type=int, default=4, help="train batch size")
@@ -204,7 +225,8 @@ def main():
     model, tok = load_model(args.model)
     load_seconds = time.perf_counter() - load_start
 
-    bench = {"train": bench_train, "train-lora": bench_train, "generate": bench_generate, "prefill": bench_prefill}[args.case]
+    bench = {"train": bench_train, "train-lora": bench_train, "generate": bench_generate, "prefill": bench_prefill,
+             "matmul": bench_matmul}[args.case]
     result = {
         "tool": "pytorch",
         "case": args.case,
