@@ -14,7 +14,11 @@
 # loader's path, e.g. LD_LIBRARY_PATH=<site-packages>/nvidia/cu13/lib on a machine with the
 # `nvidia-*` CUDA 13 wheels, or /usr/local/cuda/lib64 with a CUDA 13 toolkit.
 #
-# Usage: scripts/cuda_build.sh [extra cargo build arguments]
+# With --flash-attn, the binary also carries FlashAttention-2's forward kernels (bf16, head sizes
+# up to 128; `--features flash-attn`), compiled against CUTLASS 4.2's headers from NVIDIA's
+# `nvidia-cutlass` wheel: about ten more minutes of nvcc on two cores.
+#
+# Usage: scripts/cuda_build.sh [--flash-attn] [extra cargo build arguments]
 #        scripts/cuda_build.sh --lib-dir   prints the folder of the fetched CUDA runtime library
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +38,9 @@ nvidia-cuda-crt==13.0.88 \
 nvidia-cuda-runtime==13.0.96 \
 --hash=sha256:7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548
 nvidia-cuda-cccl==13.0.85 \
---hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649"
+--hash=sha256:e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649
+nvidia-cutlass==4.2.0.0 \
+--hash=sha256:f9599ada45c7bcb6bf53f7d3f0a7d154183e53451c01bfa59eecd37dd4a693f6"
 
 # The toolchain is complete once the stamp holding the requirement list is there.
 if ! cmp -s "$cache/installed" <(echo "$reqs"); then
@@ -63,6 +69,12 @@ fi
 export PATH="$root/bin:$PATH" CUDA_ROOT="$root" CUDA_PATH="$root"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export CUTLASS_INCLUDE_DIR="$cache/root/cutlass_library/source/include"
+features=cuda
+if [ "${1:-}" = --flash-attn ]; then
+  features=flash-attn
+  shift
+fi
 nvcc --version | tail -n 2
-cargo build --release --features cuda --target-dir target/cuda "$@"
-echo "built target/cuda/release/edco (compute capability $CUDA_COMPUTE_CAP)"
+cargo build --release --features "$features" --target-dir target/cuda "$@"
+echo "built target/cuda/release/edco (features: $features; compute capability $CUDA_COMPUTE_CAP)"

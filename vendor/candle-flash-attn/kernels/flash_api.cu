@@ -2,26 +2,23 @@
 #include "kernel_helpers.h"
 #include "flash_fwd_launch_template.h"
 
+// Only the kernels build.rs compiles: bf16, head sizes up to 128. The Rust side rejects anything
+// else before it gets here (src/lib.rs).
 void run_mha_fwd(Flash_fwd_params &params, cudaStream_t stream) {
-  FP16_SWITCH(!params.is_bf16, [&] {
-      BOOL_SWITCH(params.is_causal, Is_causal, [&] {
-          if (params.block_table != nullptr) {
-              // Only the splitkv kernel understands paged KV; head dims here match the host-side gate.
-              if (params.d <= 64) {
-                  run_mha_fwd_splitkv_paged_<elem_type, 64, Is_causal>(params, stream);
-              } else if (params.d <= 128) {
-                  run_mha_fwd_splitkv_paged_<elem_type, 128, Is_causal>(params, stream);
-              } else if (params.d <= 256) {
-                  run_mha_fwd_splitkv_paged_<elem_type, 256, Is_causal>(params, stream);
-              } else {
-                  run_mha_fwd_splitkv_paged_<elem_type, 512, Is_causal>(params, stream);
-              }
+  using elem_type = cutlass::bfloat16_t;
+  BOOL_SWITCH(params.is_causal, Is_causal, [&] {
+      if (params.block_table != nullptr) {
+          // Only the splitkv kernel understands paged KV.
+          if (params.d <= 64) {
+              run_mha_fwd_splitkv_paged_<elem_type, 64, Is_causal>(params, stream);
           } else {
-              HEADDIM_SWITCH(params.d, [&] {
-                  run_mha_fwd_<elem_type, kHeadDim, Is_causal>(params, stream);
-              });
+              run_mha_fwd_splitkv_paged_<elem_type, 128, Is_causal>(params, stream);
           }
-      });
+      } else if (params.d <= 64) {
+          run_mha_fwd_<elem_type, 64, Is_causal>(params, stream);
+      } else {
+          run_mha_fwd_<elem_type, 128, Is_causal>(params, stream);
+      }
   });
 }
 

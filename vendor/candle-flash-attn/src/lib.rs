@@ -3,7 +3,7 @@ mod ffi;
 use candle::backend::BackendStorage;
 use candle::cuda_backend::cudarc::driver::{DevicePtr, DevicePtrMut};
 use candle::{CpuStorage, DType, Layout, Result, Shape, Tensor};
-use half::{bf16, f16};
+use half::bf16;
 
 pub struct FlashAttn {
     pub softmax_scale: f32,
@@ -76,8 +76,8 @@ impl FlashAttn {
         if expected_kv != v_l.shape().dims4()? {
             candle::bail!("shape mismatch q {:?} and v {:?}", q_l.shape(), v_l.shape())
         }
-        if head_size_og > 512 {
-            candle::bail!("only supports head dimension at most 512 (got {head_size_og})")
+        if head_size_og > 128 {
+            candle::bail!("flash-attn is built for head sizes up to 128 (got {head_size_og})")
         }
         if head_size_og % 8 != 0 {
             // TODO: Handle head sizes that are not a multiple of 8 via some padding.
@@ -247,9 +247,8 @@ impl candle::CustomOp3 for FlashAttn {
         v_l: &Layout,
     ) -> Result<(candle::CudaStorage, Shape)> {
         match q.dtype() {
-            candle::DType::F16 => self.cuda_fwd_t::<f16>(q, q_l, k, k_l, v, v_l, false),
             candle::DType::BF16 => self.cuda_fwd_t::<bf16>(q, q_l, k, k_l, v, v_l, true),
-            dt => candle::bail!("flash-attn is only supported for f16/bf16 ({dt:?})"),
+            dt => candle::bail!("flash-attn is built for bf16 only ({dt:?})"),
         }
     }
 }
@@ -579,8 +578,8 @@ impl FlashAttnVarLen {
                     "paged flash-attn requires page_block_size to be a multiple of 32 (got {page_block_size})"
                 )
             }
-            if head_size_og > 512 {
-                candle::bail!("paged flash-attn supports head sizes up to 512 (got {head_size_og})")
+            if head_size_og > 128 {
+                candle::bail!("flash-attn is built for head sizes up to 128 (got {head_size_og})")
             }
             (num_heads_k, page_block_size_arg)
         } else {
@@ -594,8 +593,8 @@ impl FlashAttnVarLen {
             }
             (num_heads_k, 0)
         };
-        if head_size_og > 512 {
-            candle::bail!("only supports head dimension at most 512 (got {head_size_og})")
+        if head_size_og > 128 {
+            candle::bail!("flash-attn is built for head sizes up to 128 (got {head_size_og})")
         }
         if head_size_og % 8 != 0 {
             // TODO: Handle head sizes that are not a multiple of 8 via some padding.
@@ -848,9 +847,8 @@ impl candle::CustomOp3 for FlashAttnVarLen {
         v_l: &Layout,
     ) -> Result<(candle::CudaStorage, Shape)> {
         match q.dtype() {
-            candle::DType::F16 => self.cuda_fwd_t::<f16>(q, q_l, k, k_l, v, v_l, false),
             candle::DType::BF16 => self.cuda_fwd_t::<bf16>(q, q_l, k, k_l, v, v_l, true),
-            dt => candle::bail!("flash-attn is only supported for f16/bf16 ({dt:?})"),
+            dt => candle::bail!("flash-attn is built for bf16 only ({dt:?})"),
         }
     }
 }
