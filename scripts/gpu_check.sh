@@ -2,7 +2,9 @@
 # The GPU check, in a few minutes, on a machine with an NVIDIA GPU, a CUDA 13 driver and the
 # CUDA 13 libraries (found through LD_LIBRARY_PATH, or from python3's `nvidia` wheels):
 # (a) logits of a tiny Qwen3 and a tiny Llama model on the GPU against the CPU's, f32 to 1e-4 and
-#     bf16 to 1e-2 of the largest logit (`edco check-device`);
+#     bf16 to 1e-2 of the largest logit (`edco check-device`); with a binary from
+#     `scripts/cuda_build.sh --flash-attn`, also FlashAttention's causal attention at head sizes
+#     64 and 128 against the composed attention on the CPU, to 1e-2;
 # (b) entropy scoring, two SFT rounds and a short GRPO round, bf16, on SmolLM2-135M (the GGUF
 #     from the cache when there, else a random model of its shape) and on a random model of
 #     Qwen3-4B's shape;

@@ -425,7 +425,7 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Prints one JSON line per logits comparison (and per speed measurement), and fails when a
 /// comparison is out of tolerance.
 fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
-    use crate::device_check::{CheckSpec, agreement, speed};
+    use crate::device_check::{CheckSpec, agreement, flash_attention_agreement, speed};
     if a.batch == 0 || a.seq_len == 0 || a.speed_batch == 0 || a.speed_seq_len == 0 {
         bail!("--batch, --seq-len, --speed-batch and --speed-seq-len must be at least 1");
     }
@@ -437,7 +437,7 @@ fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
         seed: a.seed,
         reps: a.reps,
     };
-    let checks = agreement(&spec)?;
+    let mut checks = agreement(&spec)?;
     let mut out = std::io::stdout().lock();
     for c in &checks {
         writeln!(
@@ -446,6 +446,15 @@ fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
             serde_json::json!({ "check": "logits", "device": a.device, "result": c })
         )?;
     }
+    let flash = flash_attention_agreement(&spec)?;
+    for c in &flash {
+        writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "check": "flash-attn", "device": a.device, "result": c })
+        )?;
+    }
+    checks.extend(flash);
     if let Some(dtype) = &a.speed {
         spec.batch = a.speed_batch;
         spec.seq_len = a.speed_seq_len;
@@ -459,7 +468,7 @@ fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
     let failed: Vec<&str> = checks.iter().filter(|c| !c.pass).map(|c| c.dtype).collect();
     if !failed.is_empty() {
         bail!(
-            "{} logits differ from the CPU's beyond tolerance in {}",
+            "{} differs from the CPU beyond tolerance in {}",
             a.device,
             failed.join(", ")
         );

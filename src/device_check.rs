@@ -7,6 +7,9 @@
 //! backward on the model, each also as a fraction of that product rate (model FLOPs
 //! utilisation, counting the projections' and the head's products: 2 FLOPs per weight and token
 //! forward, 6 with the backward).
+//!
+//! A `flash-attn` build also checks FlashAttention's kernels on a CUDA device against the
+//! composed attention computed on the CPU in f32.
 
 use crate::model::layers::Mode;
 use crate::model::load::{LoadOptions, dtype_name, load};
@@ -150,6 +153,82 @@ pub fn agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
         .collect()
 }
 
+/// FlashAttention's causal self-attention on a CUDA device against the composed attention on
+/// the CPU in f32, from the same bf16 inputs (grouped key/value heads, at head sizes 64 and 128:
+/// the kernels a `flash-attn` build carries). Empty on other devices and in other builds.
+pub fn flash_attention_agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
+    if !spec.device.is_cuda() || !cfg!(feature = "flash-attn") {
+        return Ok(Vec::new());
+    }
+    let (b, t, heads, kv_heads) = (spec.batch, spec.seq_len, 8, 2);
+    let cpu = Device::Cpu;
+    [
+        (64, "bf16 flash-attn, head size 64"),
+        (128, "bf16 flash-attn, head size 128"),
+    ]
+    .into_iter()
+    .map(|(d, what)| {
+        // bf16 values held in f32: both sides start from the same numbers.
+        let input = |h: usize| -> Result<Tensor> {
+            Ok(Tensor::randn(0f32, 1.0, (b, t, h, d), &cpu)?
+                .to_dtype(DType::BF16)?
+                .to_dtype(DType::F32)?)
+        };
+        let (q, k, v) = (input(heads)?, input(kv_heads)?, input(kv_heads)?);
+        let reference = composed_causal_attention(&q, &k, &v)?;
+        let got = flash_attention(&q, &k, &v, &spec.device)?.reshape((b, t, heads * d))?;
+        let flat = |x: &Tensor| -> Result<Vec<f32>> {
+            Ok(x.to_device(&cpu)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        let relative_error = relative_error(&flat(&got)?, &flat(&reference)?)?;
+        let tolerance = tolerance(DType::BF16);
+        Ok(Agreement {
+            dtype: what,
+            relative_error,
+            tolerance,
+            pass: relative_error <= tolerance,
+        })
+    })
+    .collect()
+}
+
+/// The composed (candle ops) causal attention of `q` (B, T, H, D) over `k`, `v` (B, T, KVH, D),
+/// every key visible: (B, T, H * D), on the inputs' device and dtype.
+fn composed_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (b, t, _, _) = q.dims4()?;
+    let mask = crate::model::layers::causal_mask(&vec![vec![1u8; t]; b], t, q.device())?;
+    let heads_first = |x: &Tensor| x.transpose(1, 2)?.contiguous();
+    Ok(crate::model::layers::attention(
+        &heads_first(q)?,
+        &heads_first(k)?,
+        &heads_first(v)?,
+        &mask,
+        true,
+    )?)
+}
+
+/// Causal FlashAttention of (B, T, heads, D) inputs in bf16 on `device`.
+#[cfg(feature = "flash-attn")]
+fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, device: &Device) -> Result<Tensor> {
+    let on = |x: &Tensor| -> Result<Tensor> { Ok(x.to_dtype(DType::BF16)?.to_device(device)?) };
+    let scale = 1.0 / (q.dim(3)? as f32).sqrt();
+    Ok(candle_flash_attn::flash_attn(
+        &on(q)?,
+        &on(k)?,
+        &on(v)?,
+        scale,
+        true,
+    )?)
+}
+
+#[cfg(not(feature = "flash-attn"))]
+fn flash_attention(_q: &Tensor, _k: &Tensor, _v: &Tensor, _device: &Device) -> Result<Tensor> {
+    bail!("this build has no FlashAttention (build with --features flash-attn)")
+}
+
 /// Seconds per call of `f`, the best of `reps` after one untimed call, the device drained
 /// before each clock read.
 fn best_seconds(device: &Device, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -226,6 +305,36 @@ pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reference the FlashAttention check holds the GPU to is the CPU's own attention.
+    #[test]
+    fn composed_causal_attention_matches_the_cpu_attention_kernel() {
+        let cpu = Device::Cpu;
+        let (b, t, h, kvh, d) = (2, 37, 8, 2, 64);
+        let q = Tensor::randn(0f32, 1.0, (b, t, h, d), &cpu).unwrap();
+        let k = Tensor::randn(0f32, 1.0, (b, t, kvh, d), &cpu).unwrap();
+        let v = Tensor::randn(0f32, 1.0, (b, t, kvh, d), &cpu).unwrap();
+        let composed = composed_causal_attention(&q, &k, &v).unwrap();
+        let kernel =
+            crate::model::cpu_attention::attention(&q, &k, &v, &vec![vec![1u8; t]; b]).unwrap();
+        assert_eq!(composed.dims(), [b, t, h * d]);
+        let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let e = relative_error(&flat(&composed), &flat(&kernel)).unwrap();
+        assert!(e < 1e-5, "{e}");
+        // Not causal would differ: the first query sees only the first key.
+        let first = composed
+            .narrow(1, 0, 1)
+            .unwrap()
+            .reshape((b, h, d))
+            .unwrap();
+        let v0 = v.narrow(1, 0, 1).unwrap().reshape((b, kvh, d)).unwrap();
+        for head in 0..h {
+            let got = first.narrow(1, head, 1).unwrap();
+            let v_head = v0.narrow(1, head / (h / kvh), 1).unwrap();
+            let diff = (got - v_head).unwrap().abs().unwrap().max_all().unwrap();
+            assert!(diff.to_scalar::<f32>().unwrap() < 1e-5, "head {head}");
+        }
+    }
 
     #[test]
     fn relative_error_is_against_the_reference_scale() {
