@@ -16,7 +16,8 @@
 #
 # With --flash-attn, the binary also carries FlashAttention-2's forward kernels (bf16, head sizes
 # up to 128; `--features flash-attn`), compiled against CUTLASS 4.2's headers from NVIDIA's
-# `nvidia-cutlass` wheel: about ten more minutes of nvcc on two cores.
+# `nvidia-cutlass` wheel, as machine code for CUDA_COMPUTE_CAP only (no PTX): such a binary
+# runs FlashAttention only on cards of that compute capability.
 #
 # Usage: scripts/cuda_build.sh [--flash-attn] [extra cargo build arguments]
 #        scripts/cuda_build.sh --lib-dir   prints the folder of the fetched CUDA runtime library
@@ -71,10 +72,14 @@ export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 export LIBRARY_PATH="$root/lib${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export CUTLASS_INCLUDE_DIR="$cache/root/cutlass_library/source/include"
 features=cuda
-if [ "${1:-}" = --flash-attn ]; then
-  features=flash-attn
-  shift
-fi
+cargo_args=()
+for arg in "$@"; do
+  if [ "$arg" = --flash-attn ]; then
+    features=flash-attn
+  else
+    cargo_args+=("$arg")
+  fi
+done
 nvcc --version | tail -n 2
-cargo build --release --features "$features" --target-dir target/cuda "$@"
+cargo build --release --features "$features" --target-dir target/cuda ${cargo_args[@]+"${cargo_args[@]}"}
 echo "built target/cuda/release/edco (features: $features; compute capability $CUDA_COMPUTE_CAP)"

@@ -6,8 +6,9 @@ use cudaforge::KernelBuilder;
 use std::{fs, path::PathBuf};
 
 // The kernels edco's models use: bf16, head sizes up to 64 (SmolLM2) and up to 128 (Qwen3,
-// Llama 3.2), causal or not, with and without split KV. The published crate builds 53 files (fp16,
-// head sizes 32 to 512), about an hour of nvcc on two cores.
+// Llama 3.2), causal or not, and the split-KV kernels that serve the paged-KV path at those
+// sizes. The published crate builds 53 files (fp16, head sizes 32 to 512), about an hour of nvcc
+// on two cores.
 const KERNEL_FILES: [&str; 9] = [
     "kernels/flash_api.cu",
     "kernels/flash_fwd_hdim64_bf16_sm80.cu",
