@@ -437,24 +437,25 @@ fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
         seed: a.seed,
         reps: a.reps,
     };
-    let mut checks = agreement(&spec)?;
     let mut out = std::io::stdout().lock();
-    for c in &checks {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "check": "logits", "device": a.device, "result": c })
-        )?;
+    let mut checks = Vec::new();
+    // Each kind printed as soon as it is measured, so a later one that errors leaves the earlier
+    // results on record.
+    type Check = fn(&CheckSpec) -> Result<Vec<crate::device_check::Agreement>>;
+    for (kind, check) in [
+        ("logits", agreement as Check),
+        ("flash-attn", flash_attention_agreement),
+    ] {
+        let results = check(&spec)?;
+        for c in &results {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({ "check": kind, "device": a.device, "result": c })
+            )?;
+        }
+        checks.extend(results);
     }
-    let flash = flash_attention_agreement(&spec)?;
-    for c in &flash {
-        writeln!(
-            out,
-            "{}",
-            serde_json::json!({ "check": "flash-attn", "device": a.device, "result": c })
-        )?;
-    }
-    checks.extend(flash);
     if let Some(dtype) = &a.speed {
         spec.batch = a.speed_batch;
         spec.seq_len = a.speed_seq_len;
