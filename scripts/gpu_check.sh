@@ -4,12 +4,13 @@
 # (a) logits of a tiny Qwen3 and a tiny Llama model on the GPU against the CPU's, f32 to 1e-4 and
 #     bf16 to 1e-2 of the largest logit (`edco check-device`); with a binary from
 #     `scripts/cuda_build.sh --flash-attn`, also FlashAttention's causal attention at head sizes
-#     64 and 128 against the composed attention on the CPU, to 1e-2;
+#     64 and 128 against the composed attention on the CPU, and the models attending through it
+#     over ragged left-padded prompts and decoding steps against the CPU's, to 1e-2;
 # (b) entropy scoring, two SFT rounds and a short GRPO round, bf16, on SmolLM2-135M (the GGUF
 #     from the cache when there, else a random model of its shape) and on a random model of
-#     Qwen3-4B's shape;
+#     Qwen3-4B's shape; with FlashAttention, the scoring again through it;
 # (c) the card's measured bf16 product rate, and forward and training tokens/s with model FLOPs
-#     utilisation against it, on the Qwen3-4B shape.
+#     utilisation against it, on the Qwen3-4B shape (the forward also through FlashAttention).
 # Usage: scripts/gpu_check.sh [EDCO]   EDCO: the binary from scripts/cuda_build.sh (default
 #   target/cuda/release/edco), or a gzip of it.
 # EDCO_DEVICE=cpu runs the same steps on the CPU at small shapes, to check the script itself.
@@ -41,10 +42,13 @@ fi
 edco() { "$bin" "$@"; }
 
 step "(a) logits against the CPU"
+# Head size 64 (256 / 4): one FlashAttention serves, in a build that has it.
+flash=0
 for arch in qwen3 llama; do
-  edco init-model --arch "$arch" --out "$work/tiny-$arch" --hidden-size 128 --intermediate-size 256 \
+  edco init-model --arch "$arch" --out "$work/tiny-$arch" --hidden-size 256 --intermediate-size 256 \
     --layers 2 --heads 4 --kv-heads 2 --seed 1 2>/dev/null
-  edco check-device --model "$work/tiny-$arch" --device "$device" --seq-len 64
+  edco check-device --model "$work/tiny-$arch" --device "$device" --seq-len 64 | tee "$work/check.jsonl"
+  if grep -q '"flash-attn-model"' "$work/check.jsonl"; then flash=1; fi
 done
 
 smol="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -74,6 +78,13 @@ for name in smol qwen3-4b; do
     --data data/medicine_train.jsonl --prefix-tokens 32 --out "$work/$name-scores.jsonl" \
     > /dev/null
   grep -o '"tokens_per_second": [0-9.]*' "$work/$name-scores.summary.json" || true
+  if [ "$flash" = 1 ]; then
+    step "(b) $name: entropy scoring, bf16, FlashAttention"
+    timed edco estimate-entropy --model "$model" --device "$device" --dtype bf16 --attention flash \
+      --data data/medicine_train.jsonl --prefix-tokens 32 --out "$work/$name-flash-scores.jsonl" \
+      > /dev/null
+    grep -o '"tokens_per_second": [0-9.]*' "$work/$name-flash-scores.summary.json" || true
+  fi
   step "(b) $name: SFT, two rounds, LoRA, bf16"
   timed edco train --config configs/smoke.toml --set model.source="$model" \
     --set model.device="$device" --set model.dtype=bf16 --set run.output_dir="$work/$name-sft"

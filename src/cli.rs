@@ -55,6 +55,10 @@ pub struct ModelArgs {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Attention of the inference passes: composed, or flash (FlashAttention-2: CUDA, bf16, a
+    /// build with --features flash-attn).
+    #[arg(long, default_value = "composed")]
+    pub attention: String,
     /// Chat-template variables as key=value (JSON values), e.g. enable_thinking=false.
     #[arg(long = "template-arg", value_name = "KEY=VALUE")]
     pub template_args: Vec<String>,
@@ -65,6 +69,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             dtype: parse_dtype(&self.dtype)?,
             device: parse_device(&self.device)?,
+            attention: self.attention.clone(),
             ..Default::default()
         };
         let mut loaded = load(&self.model, &opts)?;
@@ -425,7 +430,9 @@ pub fn run(cli: Cli) -> Result<()> {
 /// Prints one JSON line per logits comparison (and per speed measurement), and fails when a
 /// comparison is out of tolerance.
 fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
-    use crate::device_check::{CheckSpec, agreement, flash_attention_agreement, speed};
+    use crate::device_check::{
+        CheckSpec, agreement, flash_attention_agreement, flash_model_agreement, speed,
+    };
     if a.batch == 0 || a.seq_len == 0 || a.speed_batch == 0 || a.speed_seq_len == 0 {
         bail!("--batch, --seq-len, --speed-batch and --speed-seq-len must be at least 1");
     }
@@ -445,6 +452,7 @@ fn run_check_device(a: CheckDeviceArgs) -> Result<()> {
     for (kind, check) in [
         ("logits", agreement as Check),
         ("flash-attn", flash_attention_agreement),
+        ("flash-attn-model", flash_model_agreement),
     ] {
         let results = check(&spec)?;
         for c in &results {

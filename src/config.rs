@@ -49,6 +49,10 @@ pub struct ModelSection {
     pub dtype: String,
     /// cpu, cuda or cuda:N.
     pub device: String,
+    /// Attention of the inference passes (scoring, generation, evaluation, the GRPO
+    /// reference): composed, or flash (FlashAttention-2: CUDA, bf16, a `flash-attn` build).
+    /// Training passes always take the composed attention.
+    pub attention: String,
     pub finetune: Finetune,
     pub lora: LoraConfig,
     /// Chat-template variables, e.g. { enable_thinking = false } for Qwen3.
@@ -61,6 +65,7 @@ impl Default for ModelSection {
             source: String::new(),
             dtype: "f32".into(),
             device: "cpu".into(),
+            attention: "composed".into(),
             finetune: Finetune::Lora,
             lora: LoraConfig::default(),
             template_args: toml::Table::new(),
@@ -518,6 +523,26 @@ impl Config {
                 &format!("expected cpu, cuda or cuda:N, got `{d}`"),
             )?;
         }
+        if !matches!(self.model.attention.as_str(), "composed" | "flash") {
+            fail(
+                "model.attention",
+                &format!("expected composed or flash, got `{}`", self.model.attention),
+            )?;
+        }
+        if self.model.attention == "flash" {
+            if !cfg!(feature = "flash-attn") {
+                fail(
+                    "model.attention",
+                    "flash needs a build with FlashAttention (scripts/cuda_build.sh --flash-attn)",
+                )?;
+            }
+            if self.model.dtype != "bf16" || !self.model.device.starts_with("cuda") {
+                fail(
+                    "model.attention",
+                    "flash runs with model.dtype = \"bf16\" on a CUDA model.device",
+                )?;
+            }
+        }
         if self.model.finetune == Finetune::Lora {
             self.model.lora.validate().context("`model.lora`")?;
         }
@@ -686,5 +711,32 @@ mod tests {
             msg.contains("batch_size") && msg.contains("line 6"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn attention_is_checked_against_dtype_device_and_build() {
+        let err = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            format!("{:#}", Config::from_toml(MINIMAL, &sets).unwrap_err())
+        };
+        let msg = err(&["model.attention=fast"]);
+        assert!(
+            msg.contains("`model.attention`: expected composed or flash"),
+            "{msg}"
+        );
+        // On the CPU in f32 (the defaults), flash is refused whatever the build.
+        let msg = err(&["model.attention=flash"]);
+        assert!(msg.contains("`model.attention`: flash"), "{msg}");
+        let msg = err(&["model.attention=flash", "model.device=cuda"]);
+        assert!(msg.contains("`model.attention`: flash"), "{msg}");
+        let with_flash = Config::from_toml(
+            MINIMAL,
+            &[
+                "model.attention=flash".into(),
+                "model.device=cuda".into(),
+                "model.dtype=bf16".into(),
+            ],
+        );
+        assert_eq!(with_flash.is_ok(), cfg!(feature = "flash-attn"));
     }
 }

@@ -9,7 +9,9 @@
 //! forward, 6 with the backward).
 //!
 //! A `flash-attn` build also checks FlashAttention's kernels on a CUDA device against the
-//! composed attention computed on the CPU in f32.
+//! composed attention computed on the CPU in f32, and the model attending through them (over
+//! left-padded prompts of different lengths, then cached decoding steps) against the CPU's
+//! model, beside the composed attention on the device on the same inputs.
 
 use crate::model::layers::Mode;
 use crate::model::load::{LoadOptions, dtype_name, load};
@@ -53,6 +55,9 @@ pub struct Speed {
     pub forward_mfu: f64,
     pub train_tokens_per_s: f64,
     pub train_mfu: f64,
+    /// The forward pass attending through FlashAttention, where the build and device have it.
+    pub forward_flash_tokens_per_s: Option<f64>,
+    pub forward_flash_mfu: Option<f64>,
     /// Weights the model FLOPs count (projections and head).
     pub matmul_params: usize,
 }
@@ -202,6 +207,103 @@ pub fn flash_attention_agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
     .collect()
 }
 
+/// Logits of `model` over `prompts` left-padded into one batch, at every real prompt position,
+/// then over `steps` cached decoding steps (one token per row each), flattened in that order.
+fn ragged_logits(
+    model: &crate::model::Decoder,
+    prompts: &[Vec<u32>],
+    steps: &[Vec<u32>],
+) -> Result<Vec<f32>> {
+    let device = model.device().clone();
+    let flat = |x: Tensor| -> Result<Vec<Vec<f32>>> {
+        Ok(x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?.to_vec2()?)
+    };
+    let batch = Batch::left_padded(prompts, 0, &device)?;
+    let (b, t) = batch.ids.dims2()?;
+    let mut caches = model.new_cache();
+    let hidden = model.step(&batch.ids, &batch.positions, &batch.mask, &mut caches)?;
+    let logits = flat(model.logits(&hidden.reshape((b * t, ()))?)?)?;
+    let mut out = Vec::new();
+    for (i, row) in logits.into_iter().enumerate() {
+        if batch.mask[i / t][i % t] == 1 {
+            out.extend(row);
+        }
+    }
+    let mut key_mask = batch.mask.clone();
+    let mut next: Vec<u32> = prompts.iter().map(|p| p.len() as u32).collect();
+    for tokens in steps {
+        key_mask.iter_mut().for_each(|m| m.push(1));
+        let ids = Tensor::from_vec(tokens.clone(), (b, 1), &device)?;
+        let positions = Tensor::from_vec(next.clone(), (b, 1), &device)?;
+        next.iter_mut().for_each(|p| *p += 1);
+        let hidden = model.step(&ids, &positions, &key_mask, &mut caches)?;
+        out.extend(flat(model.logits(&hidden.squeeze(1)?)?)?.concat());
+    }
+    Ok(out)
+}
+
+/// Prompts of different lengths (`seq_len`, half of it, one token, ...) and four decoding
+/// steps' tokens, drawn from `seed`.
+fn ragged_inputs(
+    rows: usize,
+    seq_len: usize,
+    vocab: usize,
+    seed: u64,
+) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let rows = rows.max(3);
+    let mut prompts = token_rows(rows, seq_len, vocab, seed);
+    for (i, p) in prompts.iter_mut().enumerate() {
+        p.truncate(match i % 3 {
+            0 => seq_len,
+            1 => seq_len.div_ceil(2),
+            _ => 1 + i / 3,
+        });
+    }
+    let steps = token_rows(4, rows, vocab, seed + 1);
+    (prompts, steps)
+}
+
+/// The model on a CUDA device in bf16 over left-padded prompts of different lengths and four
+/// cached decoding steps, attending through the composed ops and through FlashAttention, each
+/// against the CPU's model in f32 on the same inputs. Empty on other devices and in other
+/// builds.
+pub fn flash_model_agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
+    if !spec.device.is_cuda() || !cfg!(feature = "flash-attn") {
+        return Ok(Vec::new());
+    }
+    let (prompts, steps, reference) = {
+        let model = load_on(spec, &Device::Cpu, DType::F32)?;
+        let (prompts, steps) =
+            ragged_inputs(spec.batch, spec.seq_len, model.config.vocab_size, spec.seed);
+        let reference = ragged_logits(&model, &prompts, &steps)?;
+        (prompts, steps, reference)
+    };
+    let mut model = load_on(spec, &spec.device, DType::BF16)?;
+    let mut out = Vec::new();
+    for (attention, what) in [
+        (
+            "composed",
+            "bf16 composed attention, ragged prompts and 4 decoding steps",
+        ),
+        (
+            "flash",
+            "bf16 flash-attn model, ragged prompts and 4 decoding steps",
+        ),
+    ] {
+        model.set_attention(attention)?;
+        let got = ragged_logits(&model, &prompts, &steps)?;
+        let relative_error = relative_error(&got, &reference)?;
+        let tolerance = tolerance(DType::BF16);
+        out.push(Agreement {
+            dtype: what,
+            relative_error,
+            tolerance,
+            pass: relative_error <= tolerance,
+        });
+    }
+    Ok(out)
+}
+
 /// The composed (candle ops) causal attention of `q` (B, T, H, D) over `k`, `v` (B, T, KVH, D),
 /// every key visible: (B, T, H * D), on the inputs' device and dtype.
 fn composed_causal_attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
@@ -282,12 +384,15 @@ pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed
     let batch = Batch::right_padded(&rows, 0, dev)?;
     let tokens = (spec.batch * spec.seq_len) as f64;
 
-    let fwd = best_seconds(dev, spec.reps, || {
-        model
-            .forward(&batch, Mode::Eval)
-            .map(drop)
-            .map_err(Into::into)
-    })?;
+    let forward = |model: &crate::model::Decoder| {
+        best_seconds(dev, spec.reps, || {
+            model
+                .forward(&batch, Mode::Eval)
+                .map(drop)
+                .map_err(Into::into)
+        })
+    };
+    let fwd = forward(model)?;
     let train = best_seconds(dev, spec.reps, || {
         let loss = model
             .forward(&batch, Mode::Train { seed: 0 })?
@@ -297,6 +402,11 @@ pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed
         loss.backward().map(drop).map_err(Into::into)
     })?;
     let per_token = 2.0 * matmul_params as f64;
+    let mut loaded = loaded;
+    let fwd_flash = match loaded.model.set_attention("flash") {
+        Ok(()) => Some(forward(&loaded.model)?),
+        Err(_) => None,
+    };
     Ok(Speed {
         dtype: dtype_name(dtype),
         matmul_size,
@@ -305,6 +415,8 @@ pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed
         forward_mfu: per_token * tokens / fwd / matmul_flops,
         train_tokens_per_s: tokens / train,
         train_mfu: 3.0 * per_token * tokens / train / matmul_flops,
+        forward_flash_tokens_per_s: fwd_flash.map(|s| tokens / s),
+        forward_flash_mfu: fwd_flash.map(|s| per_token * tokens / s / matmul_flops),
         matmul_params,
     })
 }
@@ -355,5 +467,40 @@ mod tests {
                 .is_infinite()
         );
         assert!(relative_error(&[1.0], &r).is_err());
+    }
+
+    /// The harness of the model-level FlashAttention check: on the CPU, the packed path through
+    /// the reference kernel gives the masked kernel's logits, and every real prompt position
+    /// and decoding step is compared.
+    #[test]
+    fn ragged_logits_agree_between_the_packed_reference_and_the_masked_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::init_model::InitSpec {
+            arch: crate::model::config::Arch::Qwen3,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: None,
+            tie_word_embeddings: true,
+            vocab_size: None,
+            seed: 3,
+        };
+        let path = dir.path().join("model");
+        crate::init_model::init_model(&spec, None, &path).unwrap();
+        let mut model = load(path.to_str().unwrap(), &LoadOptions::default())
+            .unwrap()
+            .model;
+        let vocab = model.config.vocab_size;
+        let (prompts, steps) = ragged_inputs(4, 9, vocab, 7);
+        let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        assert_eq!(lens, vec![9, 5, 1, 9]);
+        let masked = ragged_logits(&model, &prompts, &steps).unwrap();
+        assert_eq!(masked.len(), (24 + 4 * 4) * vocab);
+        model.set_varlen_kernel(Some(crate::model::varlen::reference));
+        let packed = ragged_logits(&model, &prompts, &steps).unwrap();
+        let e = relative_error(&packed, &masked).unwrap();
+        assert!(e < 1e-5, "{e}");
     }
 }

@@ -166,6 +166,7 @@ fn load_model(cfg: &Config, resume_from: Option<&Path>) -> Result<Loaded> {
         device: parse_device(&cfg.model.device)?,
         trainable: trainable.clone(),
         seed: cfg.run.seed,
+        attention: cfg.model.attention.clone(),
     };
     match (resume_from, cfg.model.finetune) {
         (None, _) => load(&cfg.model.source, &opts),
@@ -413,6 +414,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             let opts = LoadOptions {
                 dtype: parse_dtype(&cfg.model.dtype)?,
                 device: parse_device(&cfg.model.device)?,
+                attention: cfg.model.attention.clone(),
                 ..Default::default()
             };
             Some(load(&cfg.model.source, &opts)?.model)

@@ -17,6 +17,8 @@ pub struct LoadOptions {
     pub device: Device,
     pub trainable: Trainable,
     pub seed: u64,
+    /// The attention of inference passes: `composed` or `flash` (see `Decoder::set_attention`).
+    pub attention: String,
 }
 
 impl Default for LoadOptions {
@@ -26,6 +28,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             trainable: Trainable::Frozen,
             seed: 0,
+            attention: "composed".into(),
         }
     }
 }
@@ -174,7 +177,7 @@ pub fn verify_hub_file(path: &Path) -> Result<()> {
 
 /// Loads a model named by `spec` (directory, `.gguf` file or hub id).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
-    match resolve(spec)? {
+    let mut loaded = match resolve(spec)? {
         ModelFiles::HfDir(dir) => load_hf_dir(&dir, opts),
         ModelFiles::Gguf(path) => {
             let g = gguf::load(&path, opts.dtype)?;
@@ -194,7 +197,9 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
                 origin: path.display().to_string(),
             })
         }
-    }
+    }?;
+    loaded.model.set_attention(&opts.attention)?;
+    Ok(loaded)
 }
 
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {

@@ -16,6 +16,7 @@ pub mod layers;
 pub mod load;
 pub mod lora;
 pub mod token_log_probs;
+pub mod varlen;
 pub mod weights;
 
 use anyhow::Result as AnyResult;
@@ -245,6 +246,9 @@ pub struct Decoder {
     trainable: Trainable,
     /// Trainable variables with their checkpoint names (HF names, or PEFT's for adapters).
     vars: Vec<(String, Var)>,
+    /// The kernel inference passes attend with over packed rows; `None`: the composed
+    /// attention (or the CPU's kernel). Training always takes the differentiable path.
+    varlen: Option<varlen::Kernel>,
 }
 
 /// Hands out parameters: loaded from the source, wrapped in a `Var` when fully trainable.
@@ -473,12 +477,40 @@ impl Decoder {
             device: device.clone(),
             trainable: Trainable::Frozen,
             vars,
+            varlen: None,
         };
         model.trainable = trainable.clone();
         if let Trainable::Lora(lora) = trainable {
             lora::attach_fresh(&mut model, &lora, seed)?;
         }
         Ok(model)
+    }
+
+    /// Chooses the attention of inference passes (scoring, generation, evaluation, the GRPO
+    /// reference): `composed` (candle's ops, or the CPU's kernel in f32) or `flash`
+    /// (FlashAttention-2 over packed rows, CUDA and bf16 in a `flash-attn` build). Training
+    /// passes keep the composed attention: FlashAttention here has no backward.
+    pub fn set_attention(&mut self, name: &str) -> AnyResult<()> {
+        self.varlen = match name {
+            "composed" => None,
+            "flash" => {
+                if let Some(why) =
+                    varlen::flash_unavailable(self.dtype, &self.device, self.config.head_dim)
+                {
+                    anyhow::bail!("attention `flash`: {why}");
+                }
+                varlen::flash_kernel()
+            }
+            other => anyhow::bail!("attention `{other}`: expected composed or flash"),
+        };
+        Ok(())
+    }
+
+    /// Sets the packed-rows kernel directly (tests hold the packed path to the others through
+    /// the reference kernel on the CPU).
+    #[cfg(test)]
+    pub(crate) fn set_varlen_kernel(&mut self, kernel: Option<varlen::Kernel>) {
+        self.varlen = kernel;
     }
 
     pub fn dtype(&self) -> DType {
@@ -576,12 +608,19 @@ impl Decoder {
         let (b, t) = ids.dims2()?;
         let c = &self.config;
         let fused = mode.fused();
-        // In f32 on the CPU the (B, T, heads, D) layout is kept throughout, caches included, and
-        // the blocked attention kernel runs (with its backward when training); elsewhere the
-        // composed ops do.
-        let cpu_kernel = self.device.is_cpu() && self.dtype == DType::F32;
+        // Inference passes with a packed-rows kernel gather the real tokens and attend over
+        // them; in f32 on the CPU the blocked attention kernel runs (with its backward when
+        // training); elsewhere the composed ops do. The first two keep the (B, T, heads, D)
+        // layout throughout, caches included.
+        let packed_kernel = self.varlen.filter(|_| fused);
+        let cpu_kernel =
+            packed_kernel.is_none() && self.device.is_cpu() && self.dtype == DType::F32;
+        let packing = match packed_kernel {
+            Some(_) => Some(varlen::Packing::new(key_mask, t, &self.device)?),
+            None => None,
+        };
         let rope = Rope::new(&self.inv_freq, positions, self.dtype)?;
-        let mask = if cpu_kernel {
+        let mask = if cpu_kernel || packed_kernel.is_some() {
             None
         } else {
             Some(causal_mask(key_mask, t, &self.device)?)
@@ -613,8 +652,8 @@ impl Decoder {
             let q = heads(q, c.num_attention_heads, &a.q_norm)?;
             let k = heads(k, c.num_key_value_heads, &a.k_norm)?;
             let v = heads(v, c.num_key_value_heads, &None)?;
-            // Time is axis 1 in the kernel's layout, axis 2 in the composed one's (B, n, T, D).
-            let (q, k, v, time_axis) = if cpu_kernel {
+            // Time is axis 1 in the kernels' layout, axis 2 in the composed one's (B, n, T, D).
+            let (q, k, v, time_axis) = if cpu_kernel || packed_kernel.is_some() {
                 (rope.apply_thd(&q, fused)?, rope.apply_thd(&k, fused)?, v, 1)
             } else {
                 let (q, k, v) = (q.transpose(1, 2)?, k.transpose(1, 2)?, v.transpose(1, 2)?);
@@ -627,15 +666,16 @@ impl Decoder {
             } else {
                 (k, v)
             };
-            let attn = match &mask {
-                None if fused => cpu_attention::attention(&q.contiguous()?, &k, &v, key_mask)?,
-                None => cpu_attention::attention_with_grad(
+            let attn = match (&packing, packed_kernel, &mask) {
+                (Some(packing), Some(kernel), _) => packing.attention(&q, &k, &v, kernel)?,
+                (_, _, Some(mask)) => attention(&q, &k, &v, mask, fused)?,
+                _ if fused => cpu_attention::attention(&q.contiguous()?, &k, &v, key_mask)?,
+                _ => cpu_attention::attention_with_grad(
                     &q.contiguous()?,
                     &k.contiguous()?,
                     &v.contiguous()?,
                     key_mask,
                 )?,
-                Some(mask) => attention(&q, &k, &v, mask, fused)?,
             };
             x = (x + a.o_proj.forward(&attn, mode)?)?;
             let h = layer.post_attention_layernorm.forward(&x, fused)?;
@@ -781,5 +821,122 @@ mod cache_tests {
             let d = (a - b).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "after dropping a row");
         }
+    }
+}
+
+#[cfg(test)]
+mod packed_attention_tests {
+    use super::generate::{GenerateOptions, Prompt, Sampling, generate};
+    use super::testing::max_diff;
+    use super::*;
+    use crate::init_model::{InitSpec, init_model};
+    use crate::model::load::{LoadOptions, load};
+
+    fn tiny(arch: Arch) -> (tempfile::TempDir, Decoder) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = InitSpec {
+            arch,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: None,
+            tie_word_embeddings: false,
+            vocab_size: None,
+            seed: 5,
+        };
+        let path = dir.path().join("model");
+        init_model(&spec, None, &path).unwrap();
+        let model = load(path.to_str().unwrap(), &LoadOptions::default())
+            .unwrap()
+            .model;
+        (dir, model)
+    }
+
+    /// Generation over ragged prompts (left-padded; several samples per prompt sharing a
+    /// prefill; rows ending at different steps and leaving the batch) attends through packed
+    /// rows exactly as through the CPU's masked kernel: the packed path's gathers, scatter,
+    /// cache layout and causal alignment are the CPU kernel's maths.
+    #[test]
+    fn packed_rows_generate_what_the_masked_kernel_generates() {
+        for arch in [Arch::Qwen3, Arch::Llama] {
+            let (_dir, mut model) = tiny(arch);
+            let vocab = model.config.vocab_size as u32;
+            let prompts: Vec<Prompt> = [3usize, 9, 1, 6]
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| Prompt {
+                    ids: (0..n)
+                        .map(|j| (7 + 31 * i as u32 + 13 * j as u32) % vocab)
+                        .collect(),
+                    seed: i as u64,
+                })
+                .collect();
+            let opts = GenerateOptions {
+                max_new_tokens: 12,
+                sampling: Sampling::new(false, 1.0, 1.0, 0),
+                eos_token_ids: (0..vocab / 5).collect(),
+                pad_id: 0,
+                keep_log_probs: false,
+                samples_per_prompt: 2,
+            };
+            let masked = generate(&model, &prompts, &opts).unwrap();
+            model.set_varlen_kernel(Some(varlen::reference));
+            let packed = generate(&model, &prompts, &opts).unwrap();
+            let lengths: Vec<usize> = masked.iter().map(|g| g.tokens.len()).collect();
+            assert!(
+                lengths.iter().any(|&n| n < 12) && lengths.iter().any(|&n| n > 2),
+                "{arch:?}: rows should end at different steps: {lengths:?}"
+            );
+            for (i, (m, p)) in masked.iter().zip(&packed).enumerate() {
+                assert_eq!(m.tokens, p.tokens, "{arch:?} completion {i}");
+                for (a, b) in m.entropies.iter().zip(&p.entropies) {
+                    assert!((a - b).abs() < 1e-4, "{arch:?} completion {i}: {a} vs {b}");
+                }
+            }
+        }
+    }
+
+    /// A whole left-padded batch without a cache (evaluation and the GRPO reference): the same
+    /// hidden states at real positions; training passes ignore the packed kernel.
+    #[test]
+    fn packed_rows_score_a_padded_batch_as_the_masked_kernel_does() {
+        let (_dir, mut model) = tiny(Arch::Qwen3);
+        let rows = vec![vec![5u32, 9, 2], vec![1, 2, 3, 4, 5, 6], vec![8]];
+        let batch = Batch::left_padded(&rows, 0, &Device::Cpu).unwrap();
+        let masked = model.hidden_states(&batch, Mode::Eval).unwrap();
+        let train = model
+            .hidden_states(&batch, Mode::Train { seed: 0 })
+            .unwrap();
+        model.set_varlen_kernel(Some(varlen::reference));
+        let packed = model.hidden_states(&batch, Mode::Eval).unwrap();
+        let train_packed = model
+            .hidden_states(&batch, Mode::Train { seed: 0 })
+            .unwrap();
+        let m: Vec<Vec<Vec<f32>>> = masked.to_vec3().unwrap();
+        let p: Vec<Vec<Vec<f32>>> = packed.to_vec3().unwrap();
+        for (r, row) in batch.mask.iter().enumerate() {
+            for (t, &real) in row.iter().enumerate() {
+                if real == 1 {
+                    let d = m[r][t]
+                        .iter()
+                        .zip(&p[r][t])
+                        .fold(0f32, |d, (a, b)| d.max((a - b).abs()));
+                    assert!(d < 1e-4, "row {r} position {t}: {d}");
+                }
+            }
+        }
+        assert_eq!(max_diff(&train, &train_packed), 0.0);
+    }
+
+    #[test]
+    fn flash_attention_is_refused_with_the_reason() {
+        let (_dir, mut model) = tiny(Arch::Llama);
+        let err = model.set_attention("flash").unwrap_err().to_string();
+        assert!(err.starts_with("attention `flash`: "), "{err}");
+        let err = model.set_attention("fast").unwrap_err().to_string();
+        assert!(err.contains("expected composed or flash"), "{err}");
+        model.set_attention("composed").unwrap();
     }
 }
