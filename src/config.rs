@@ -49,9 +49,9 @@ pub struct ModelSection {
     pub dtype: String,
     /// cpu, cuda or cuda:N.
     pub device: String,
-    /// Attention of the inference passes (scoring, generation, evaluation, the GRPO
-    /// reference): composed, or flash (FlashAttention-2: CUDA, bf16, a `flash-attn` build).
-    /// Training passes always take the composed attention.
+    /// Attention of the inference passes (scoring, generation, evaluation): composed, or flash
+    /// (FlashAttention-2: CUDA, bf16, a `flash-attn` build). Training passes, and GRPO's
+    /// old-policy and reference log-probs, always take the composed attention.
     pub attention: String,
     pub finetune: Finetune,
     pub lora: LoraConfig,

@@ -20,13 +20,23 @@ pub enum Mode {
     Train {
         seed: u64,
     },
-    /// LoRA adapters switched off: the frozen base, used as the GRPO reference policy.
+    /// LoRA adapters switched off: the frozen base, used as the GRPO reference policy. Its
+    /// values are compared with a training pass's, so it attends as training does.
     BaseOnly,
+    /// Like `Eval`, for values compared with a training pass's (GRPO's old-policy and
+    /// reference log-probs): it attends as training does, never through a packed kernel such
+    /// as FlashAttention, so the two differ only by the fused kernels' rounding.
+    Detached,
 }
 
 impl Mode {
     pub fn fused(self) -> bool {
         !matches!(self, Mode::Train { .. })
+    }
+
+    /// Whether a packed attention kernel (`model.attention = "flash"`) may serve the pass.
+    pub fn packed_attention(self) -> bool {
+        self == Mode::Eval
     }
 }
 

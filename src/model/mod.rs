@@ -247,7 +247,7 @@ pub struct Decoder {
     /// Trainable variables with their checkpoint names (HF names, or PEFT's for adapters).
     vars: Vec<(String, Var)>,
     /// The kernel inference passes attend with over packed rows; `None`: the composed
-    /// attention (or the CPU's kernel). Training always takes the differentiable path.
+    /// attention (or the CPU's kernel). See `Mode::packed_attention`.
     varlen: Option<varlen::Kernel>,
 }
 
@@ -486,10 +486,11 @@ impl Decoder {
         Ok(model)
     }
 
-    /// Chooses the attention of inference passes (scoring, generation, evaluation, the GRPO
-    /// reference): `composed` (candle's ops, or the CPU's kernel in f32) or `flash`
+    /// Chooses the attention of inference passes (`Mode::Eval`: scoring, generation,
+    /// evaluation, perplexity): `composed` (candle's ops, or the CPU's kernel in f32) or `flash`
     /// (FlashAttention-2 over packed rows, CUDA and bf16 in a `flash-attn` build). Training
-    /// passes keep the composed attention: FlashAttention here has no backward.
+    /// passes keep the composed attention (FlashAttention here has no backward), and so do the
+    /// passes compared with them (`Mode::Detached`, `Mode::BaseOnly`).
     pub fn set_attention(&mut self, name: &str) -> AnyResult<()> {
         self.varlen = match name {
             "composed" => None,
@@ -612,7 +613,7 @@ impl Decoder {
         // them; in f32 on the CPU the blocked attention kernel runs (with its backward when
         // training); elsewhere the composed ops do. The first two keep the (B, T, heads, D)
         // layout throughout, caches included.
-        let packed_kernel = self.varlen.filter(|_| fused);
+        let packed_kernel = self.varlen.filter(|_| mode.packed_attention());
         let cpu_kernel =
             packed_kernel.is_none() && self.device.is_cpu() && self.dtype == DType::F32;
         let packing = match packed_kernel {
@@ -863,7 +864,8 @@ mod packed_attention_tests {
         for arch in [Arch::Qwen3, Arch::Llama] {
             let (_dir, mut model) = tiny(arch);
             let vocab = model.config.vocab_size as u32;
-            let prompts: Vec<Prompt> = [3usize, 9, 1, 6]
+            // 700 tokens: the prefill goes two prompts at a time (`PREFILL_CHUNK_TOKENS`).
+            let prompts: Vec<Prompt> = [3usize, 700, 1, 6]
                 .iter()
                 .enumerate()
                 .map(|(i, &n)| Prompt {
@@ -898,22 +900,43 @@ mod packed_attention_tests {
         }
     }
 
-    /// A whole left-padded batch without a cache (evaluation and the GRPO reference): the same
-    /// hidden states at real positions; training passes ignore the packed kernel.
+    /// A kernel that attends to nothing, to see which passes take the packed path.
+    fn attends_to_nothing(
+        q: &Tensor,
+        _k: &Tensor,
+        _v: &Tensor,
+        _p: &varlen::Packing,
+    ) -> Result<Tensor> {
+        q.zeros_like()
+    }
+
+    /// A whole padded batch without a cache (evaluation, perplexity): the same hidden states at
+    /// real positions. Training passes, and the passes compared with them (GRPO's old-policy
+    /// and reference log-probs), never take the packed kernel.
     #[test]
     fn packed_rows_score_a_padded_batch_as_the_masked_kernel_does() {
         let (_dir, mut model) = tiny(Arch::Qwen3);
         let rows = vec![vec![5u32, 9, 2], vec![1, 2, 3, 4, 5, 6], vec![8]];
         let batch = Batch::left_padded(&rows, 0, &Device::Cpu).unwrap();
         let masked = model.hidden_states(&batch, Mode::Eval).unwrap();
-        let train = model
-            .hidden_states(&batch, Mode::Train { seed: 0 })
-            .unwrap();
         model.set_varlen_kernel(Some(varlen::reference));
         let packed = model.hidden_states(&batch, Mode::Eval).unwrap();
-        let train_packed = model
-            .hidden_states(&batch, Mode::Train { seed: 0 })
-            .unwrap();
+        let apart = [Mode::Train { seed: 0 }, Mode::Detached, Mode::BaseOnly];
+        model.set_varlen_kernel(None);
+        let without: Vec<Tensor> = apart
+            .iter()
+            .map(|&m| model.hidden_states(&batch, m).unwrap())
+            .collect();
+        model.set_varlen_kernel(Some(attends_to_nothing));
+        let nothing = model.hidden_states(&batch, Mode::Eval).unwrap();
+        assert!(
+            max_diff(&nothing, &masked) > 1e-2,
+            "Eval takes the packed kernel"
+        );
+        for (&m, w) in apart.iter().zip(&without) {
+            let with = model.hidden_states(&batch, m).unwrap();
+            assert_eq!(max_diff(&with, w), 0.0, "{m:?} took the packed kernel");
+        }
         let m: Vec<Vec<Vec<f32>>> = masked.to_vec3().unwrap();
         let p: Vec<Vec<Vec<f32>>> = packed.to_vec3().unwrap();
         for (r, row) in batch.mask.iter().enumerate() {
@@ -927,7 +950,6 @@ mod packed_attention_tests {
                 }
             }
         }
-        assert_eq!(max_diff(&train, &train_packed), 0.0);
     }
 
     #[test]

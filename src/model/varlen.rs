@@ -17,6 +17,7 @@ pub type Kernel = fn(&Tensor, &Tensor, &Tensor, &Packing) -> Result<Tensor>;
 pub struct Packing {
     rows: usize,
     tq: usize,
+    tk: usize,
     /// Real queries' and keys' indices into the flattened (B * Tq) queries and (B * Tk) keys;
     /// `None` where nothing is padding.
     q_index: Option<Tensor>,
@@ -84,6 +85,7 @@ impl Packing {
         Ok(Self {
             rows,
             tq,
+            tk,
             q_index: if q_whole {
                 None
             } else {
@@ -108,13 +110,21 @@ impl Packing {
     /// (B, Tq, H * D), zeros at padded query positions.
     pub fn attention(&self, q: &Tensor, k: &Tensor, v: &Tensor, kernel: Kernel) -> Result<Tensor> {
         let (b, tq, h, d) = q.dims4()?;
-        let (_, tk, kvh, _) = k.dims4()?;
-        if b != self.rows || tq != self.tq {
+        let (kb, tk, kvh, _) = k.dims4()?;
+        if (b, tq, kb, tk) != (self.rows, self.tq, self.rows, self.tk) || v.dims() != k.dims() {
             candle_core::bail!(
-                "packing made for {} x {} queries, given {b} x {tq}",
+                "packing made for {} rows of {} queries over {} keys, given queries {:?}, keys {:?}, values {:?}",
                 self.rows,
-                self.tq
+                self.tq,
+                self.tk,
+                q.dims(),
+                k.dims(),
+                v.dims()
             );
+        }
+        let total_q = self.q_lens.iter().sum::<usize>();
+        if total_q == 0 {
+            return Tensor::zeros((b, tq, h * d), q.dtype(), q.device());
         }
         let gather = |x: &Tensor, rows: usize, heads: usize, index: &Option<Tensor>| {
             let x = x.contiguous()?.reshape((rows, heads, d))?;
@@ -123,10 +133,7 @@ impl Packing {
                 None => Ok(x),
             }
         };
-        let total_q = self.q_lens.iter().sum::<usize>();
-        let out = if total_q == 0 {
-            Tensor::zeros((0, h * d), q.dtype(), q.device())?
-        } else {
+        let out = {
             let q = gather(q, b * tq, h, &self.q_index)?;
             let k = gather(k, b * tk, kvh, &self.k_index)?;
             let v = gather(v, b * tk, kvh, &self.k_index)?;
@@ -299,6 +306,28 @@ mod tests {
         // Nothing padded: no gathers.
         check(&[vec![1; 5], vec![1; 5]], 5);
         check(&[vec![1; 5], vec![1; 5]], 1);
+        // A row whose only new position is padding attends to nothing and gets zeros.
+        check(&[vec![1, 1, 1, 0], vec![0, 1, 1, 1]], 1);
+        check(&[vec![1, 1, 1, 0], vec![1, 1, 0, 0]], 1);
+    }
+
+    #[test]
+    fn packed_attention_matches_masked_attention_on_right_padded_batches() {
+        check(
+            &[vec![1, 1, 1, 1, 0, 0], vec![1; 6], vec![1, 0, 0, 0, 0, 0]],
+            6,
+        );
+    }
+
+    #[test]
+    fn packing_refuses_keys_it_was_not_made_for() {
+        let p = Packing::new(&[vec![0, 1, 1], vec![1, 1, 1]], 1, &Device::Cpu).unwrap();
+        let q = randn((2, 1, 4, 8), 1);
+        let k = randn((2, 3, 2, 8), 2);
+        assert!(p.attention(&q, &k, &k, reference).is_ok());
+        let longer = randn((2, 4, 2, 8), 3);
+        assert!(p.attention(&q, &longer, &longer, reference).is_err());
+        assert!(p.attention(&q, &k, &longer, reference).is_err());
     }
 
     #[test]

@@ -247,13 +247,19 @@ pub fn train_on(
     // With one iteration the sampling policy is the current one: TRL then uses the detached
     // log-probs of the same forward, so the ratio is exactly 1 (and dropout cannot bias it).
     let old = if p.num_iterations > 1 {
-        Some(detached_log_probs(model, &seqs, pad_id, Mode::Eval, micro)?)
+        Some(detached_log_probs(
+            model,
+            &seqs,
+            pad_id,
+            Mode::Detached,
+            micro,
+        )?)
     } else {
         None
     };
     let reference_lp = match (p.beta > 0.0, reference) {
         (false, _) => None,
-        (true, Some(r)) => Some(detached_log_probs(r, &seqs, pad_id, Mode::Eval, micro)?),
+        (true, Some(r)) => Some(detached_log_probs(r, &seqs, pad_id, Mode::Detached, micro)?),
         (true, None) => Some(detached_log_probs(
             model,
             &seqs,
