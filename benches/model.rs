@@ -5,8 +5,9 @@
 //! shapes as scripts/bench_torch.py, which scripts/bench_model.sh runs beside this for the ratio.
 //!
 //! `cargo bench --bench model -- --model GGUF_OR_HF_DIR --case train|train-lora|generate|prefill
-//! [--warmup N] [--steps N] [--new-tokens N]` prints one JSON object, with the process's peak
-//! resident memory (model loading included).
+//! [--warmup N] [--steps N] [--new-tokens N] [--dtype f32|bf16]` prints one JSON object, with the
+//! process's peak resident memory (model loading included). `--dtype bf16` runs candle's composed
+//! ops instead of the CPU's f32 kernels: the code path CUDA devices take.
 //!
 //! `--case machine` measures what bounds those loops on this CPU, for reading the ratios: the
 //! rate of fused multiply-adds from registers, of reading memory, of the general matmul on the
@@ -33,6 +34,8 @@ struct Args {
     warmup: usize,
     steps: usize,
     new_tokens: usize,
+    /// f32 (the CPU's kernels) or bf16 (candle's composed ops, the path other devices take).
+    dtype: candle_core::DType,
 }
 
 fn parse() -> Result<Args> {
@@ -42,6 +45,7 @@ fn parse() -> Result<Args> {
         warmup: 1,
         steps: 3,
         new_tokens: 128,
+        dtype: candle_core::DType::F32,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,6 +56,7 @@ fn parse() -> Result<Args> {
             "--case" => a.case = value()?,
             "--warmup" => a.warmup = value()?.parse()?,
             "--steps" => a.steps = value()?.parse()?,
+            "--dtype" => a.dtype = edco::cli::parse_dtype(&value()?)?,
             "--bench" => {}
             other => anyhow::bail!("unknown argument {other}"),
         }
@@ -94,6 +99,7 @@ fn bench() -> Result<()> {
         &args.model,
         &LoadOptions {
             trainable,
+            dtype: args.dtype,
             ..Default::default()
         },
     )?;
@@ -186,6 +192,7 @@ fn bench() -> Result<()> {
             let secs = start.elapsed().as_secs_f64();
             serde_json::json!({
                 "tool": "edco", "case": "generate", "threads": threads, "load_seconds": load_seconds,
+                "dtype": edco::model::load::dtype_name(args.dtype),
                 "prompts": 16, "new_tokens_per_row": args.new_tokens, "timed_iters": args.steps,
                 "seconds_per_iter": secs / args.steps as f64,
                 "new_tokens_per_s": (16 * args.new_tokens * args.steps) as f64 / secs,

@@ -479,7 +479,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, fused: bool)
     let g = h / kvh;
     let dtype = q.dtype();
     let q = (q.contiguous()?.reshape((b, kvh, g * tq, d))? * (1.0 / (d as f64).sqrt()))?;
-    let scores = q.matmul(&k.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
+    let scores = q.matmul(&batched_rows(k)?.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     let probs = if fused {
         candle_nn::ops::softmax_last_dim(&scores)?
@@ -489,10 +489,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, fused: bool)
     let probs = probs.to_dtype(dtype)?;
     let out = probs
         .reshape((b, kvh, g * tq, tk))?
-        .matmul(&v.contiguous()?)?; // (B, KVH, G*Tq, D)
+        .matmul(&batched_rows(v)?)?; // (B, KVH, G*Tq, D)
     out.reshape((b, h, tq, d))?
         .transpose(1, 2)?
         .reshape((b, tq, h * d))
+}
+
+/// `x` (B, H, T, D) as an operand of a batched matrix product: as it is where each (B, H)
+/// matrix is row-major and the matrices lie one stride apart (as in a view of a cache with room
+/// after each row, which then is read in place), else copied into a contiguous tensor.
+fn batched_rows(x: &Tensor) -> Result<Tensor> {
+    let (_, h, _, d) = x.dims4()?;
+    let s = x.stride();
+    if s[3] == 1 && s[2] == d && s[0] == s[1] * h {
+        Ok(x.clone())
+    } else {
+        x.contiguous()
+    }
 }
 
 /// Additive mask (B, 1, Tq, Tk) in f32: query i (at absolute index `offset + i`) may see key j
@@ -600,6 +613,41 @@ mod tests {
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    /// A cache's view with room after each row is read in place; a transposed view is copied;
+    /// either way attention gives what it gives on contiguous keys and values.
+    #[test]
+    fn attention_reads_cache_views_in_place_and_copies_other_layouts() {
+        let dev = candle_core::Device::Cpu;
+        let (b, h, kvh, t, room, d) = (2, 4, 2, 5, 9, 8);
+        let q = Tensor::randn(0f32, 1.0, (b, h, 1, d), &dev).unwrap();
+        let kb = Tensor::randn(0f32, 1.0, (b, kvh, room, d), &dev).unwrap();
+        let vb = Tensor::randn(0f32, 1.0, (b, kvh, room, d), &dev).unwrap();
+        let (k, v) = (kb.narrow(2, 0, t).unwrap(), vb.narrow(2, 0, t).unwrap());
+        assert!(!batched_rows(&k).unwrap().is_contiguous());
+        let transposed = Tensor::randn(0f32, 1.0, (b, t, kvh, d), &dev)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        assert!(batched_rows(&transposed).unwrap().is_contiguous());
+        let mask = causal_mask(&vec![vec![1u8; t]; b], 1, &dev).unwrap();
+        let in_place = attention(&q, &k, &v, &mask, true).unwrap();
+        let copied = attention(
+            &q,
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            &mask,
+            true,
+        )
+        .unwrap();
+        let diff = (in_place - copied)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
     }
 
     #[test]
