@@ -481,24 +481,8 @@ mod tests {
     /// and decoding step is compared.
     #[test]
     fn ragged_logits_agree_between_the_packed_reference_and_the_masked_kernel() {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = crate::init_model::InitSpec {
-            arch: crate::model::config::Arch::Qwen3,
-            hidden_size: 64,
-            intermediate_size: 96,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: None,
-            tie_word_embeddings: true,
-            vocab_size: None,
-            seed: 3,
-        };
-        let path = dir.path().join("model");
-        crate::init_model::init_model(&spec, None, &path).unwrap();
-        let mut model = load(path.to_str().unwrap(), &LoadOptions::default())
-            .unwrap()
-            .model;
+        let (_dir, mut model) =
+            crate::model::testing::tiny_model(crate::model::config::Arch::Qwen3, 3, DType::F32);
         let vocab = model.config.vocab_size;
         let (prompts, steps) = ragged_inputs(4, 9, vocab, 7);
         let lens: Vec<usize> = prompts.iter().map(Vec::len).collect();

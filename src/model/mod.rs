@@ -753,7 +753,40 @@ impl Decoder {
 /// Checks shared by the tests of the CPU ops against their composed references.
 #[cfg(test)]
 pub(crate) mod testing {
-    use candle_core::{D, Tensor};
+    use candle_core::{D, DType, Tensor};
+
+    /// A random tiny model (hidden 64, two layers, 4 query heads over 2 KV heads) written to a
+    /// temporary directory, loaded on the CPU in `dtype`; the directory lives as long as the
+    /// first value.
+    pub fn tiny_model(
+        arch: super::config::Arch,
+        seed: u64,
+        dtype: DType,
+    ) -> (tempfile::TempDir, super::Decoder) {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = crate::init_model::InitSpec {
+            arch,
+            hidden_size: 64,
+            intermediate_size: 96,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: None,
+            tie_word_embeddings: false,
+            vocab_size: None,
+            seed,
+        };
+        let path = dir.path().join("model");
+        crate::init_model::init_model(&spec, None, &path).unwrap();
+        let opts = super::load::LoadOptions {
+            dtype,
+            ..Default::default()
+        };
+        let model = super::load::load(path.to_str().unwrap(), &opts)
+            .unwrap()
+            .model;
+        (dir, model)
+    }
 
     pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
@@ -829,31 +862,11 @@ mod cache_tests {
 #[cfg(test)]
 mod attention_path_tests {
     use super::generate::{GenerateOptions, Prompt, Sampling, generate};
-    use super::testing::max_diff;
+    use super::testing::{max_diff, tiny_model};
     use super::*;
-    use crate::init_model::{InitSpec, init_model};
-    use crate::model::load::{LoadOptions, load};
 
     fn tiny(arch: Arch) -> (tempfile::TempDir, Decoder) {
-        let dir = tempfile::tempdir().unwrap();
-        let spec = InitSpec {
-            arch,
-            hidden_size: 64,
-            intermediate_size: 96,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: None,
-            tie_word_embeddings: false,
-            vocab_size: None,
-            seed: 5,
-        };
-        let path = dir.path().join("model");
-        init_model(&spec, None, &path).unwrap();
-        let model = load(path.to_str().unwrap(), &LoadOptions::default())
-            .unwrap()
-            .model;
-        (dir, model)
+        tiny_model(arch, 5, DType::F32)
     }
 
     /// Generation over ragged prompts (left-padded; several samples per prompt sharing a
@@ -959,26 +972,7 @@ mod attention_path_tests {
     /// prompts, shared prefills, rows that finish early and regrowths of the room.
     #[test]
     fn composed_generation_from_the_cache_matches_recomputing_the_sequence() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("model");
-        let spec = InitSpec {
-            arch: Arch::Qwen3,
-            hidden_size: 64,
-            intermediate_size: 96,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: None,
-            tie_word_embeddings: false,
-            vocab_size: None,
-            seed: 9,
-        };
-        init_model(&spec, None, &path).unwrap();
-        let opts = LoadOptions {
-            dtype: DType::BF16,
-            ..LoadOptions::default()
-        };
-        let model = load(path.to_str().unwrap(), &opts).unwrap().model;
+        let (_dir, model) = tiny_model(Arch::Qwen3, 9, DType::BF16);
         let vocab = model.config.vocab_size as u32;
         let prompts: Vec<Prompt> = [5usize, 1, 11]
             .iter()
