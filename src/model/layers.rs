@@ -3,7 +3,7 @@
 //! uses those fused kernels, which agree with the composed ops to ~1e-6.
 //! Maths and parameter names follow transformers' `modeling_llama.py` / `modeling_qwen3.py`.
 
-use candle_core::{D, DType, Module, Result, Tensor};
+use candle_core::{D, DType, Result, Tensor};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use std::sync::Arc;
 
@@ -96,12 +96,70 @@ pub fn linear(
     } else if trainable {
         x.contiguous()?.apply_op2(weight, TrainableMatmul)?
     } else {
-        candle_nn::Linear::new(weight.clone(), None).forward(x)?
+        project(x, weight)?
     };
     match bias {
         Some(b) => y.broadcast_add(b),
         None => Ok(y),
     }
+}
+
+/// `x @ W^T` for `x` (..., in) and `weight` (out, in) with candle's ops: `x` is made contiguous
+/// and flattened to rows first, because CUDA's product takes rows only at one stride (a view
+/// such as the last position of every row of a batch is refused there, though the CPU's
+/// product takes it).
+fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (out, inp) = weight.dims2()?;
+    let mut dims = x.dims().to_vec();
+    let rows = x.elem_count() / inp.max(1);
+    let y = matmul(&x.contiguous()?.reshape((rows, inp))?, &weight.t()?)?;
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    y.reshape(dims)
+}
+
+/// candle's matrix product, on operands laid out as CUDA's product takes them: where one is not
+/// (see [`cuda_gemm_accepts`]; the CPU's product takes more), both are copied contiguous first,
+/// and the unit tests fail instead, so that every layout the model produces is held to CUDA's
+/// rules on the CPU.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if cuda_gemm_accepts(a, b) {
+        return a.matmul(b);
+    }
+    if cfg!(test) {
+        panic!(
+            "a product CUDA refuses: {:?} strides {:?} x {:?} strides {:?}",
+            a.dims(),
+            a.stride(),
+            b.dims(),
+            b.stride()
+        );
+    }
+    a.contiguous()?.matmul(&b.contiguous()?)
+}
+
+/// Whether candle's CUDA matmul (cuBLAS strided batched gemm) accepts these operands' layouts:
+/// the rules of `gemm_config` in candle-core's CUDA backend (0.11), restated.
+pub fn cuda_gemm_accepts(lhs: &Tensor, rhs: &Tensor) -> bool {
+    let (ld, rd) = (lhs.dims(), rhs.dims());
+    let (ls, rs) = (lhs.stride(), rhs.stride());
+    let r = ld.len();
+    if r < 2 || rd.len() != r {
+        return false;
+    }
+    let (m, k, n) = (ld[r - 2], ld[r - 1], rd[r - 1]);
+    let (rhs_m1, rhs_m2, lhs_m1, lhs_m2) = (rs[r - 1], rs[r - 2], ls[r - 1], ls[r - 2]);
+    let rhs_ok = ((rhs_m1 == 1 || n == 1) && (rhs_m2 == n || k == 1))
+        || ((rhs_m1 == k || n == 1) && (rhs_m2 == 1 || k == 1));
+    let lhs_ok = ((lhs_m1 == 1 || k == 1) && (lhs_m2 == k || m == 1))
+        || ((lhs_m1 == m || k == 1) && (lhs_m2 == 1 || m == 1));
+    let batch_ok = |dims: &[usize], strides: &[usize]| match strides[..r - 2] {
+        [s1, stride] => s1 == stride * dims[1] || dims[0] == 1 || dims[1] == 1,
+        [_] | [] => true,
+        _ => false,
+    };
+    rhs_ok && lhs_ok && batch_ok(ld, ls) && batch_ok(rd, rs)
 }
 
 /// The products of a few rows against projections that read the same input (a layer's query,
@@ -319,9 +377,7 @@ impl Linear {
             }
             _ => x.clone(),
         };
-        let a = candle_nn::Linear::new(lora.a.clone(), None);
-        let b = candle_nn::Linear::new(lora.b.clone(), None);
-        base + (b.forward(&a.forward(&x)?)? * lora.scale)?
+        base + (project(&project(&x, &lora.a)?, &lora.b)? * lora.scale)?
     }
 
     /// This projection's dropout stream in the step drawn from `seed`.
@@ -479,7 +535,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, fused: bool)
     let g = h / kvh;
     let dtype = q.dtype();
     let q = (q.contiguous()?.reshape((b, kvh, g * tq, d))? * (1.0 / (d as f64).sqrt()))?;
-    let scores = q.matmul(&batched_rows(k)?.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
+    let scores = matmul(&q, &batched_rows(k)?.t()?)?.reshape((b, h, tq, tk))?; // (B, H, Tq, Tk)
     let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask)?;
     let probs = if fused {
         candle_nn::ops::softmax_last_dim(&scores)?
@@ -487,9 +543,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, fused: bool)
         candle_nn::ops::softmax(&scores, D::Minus1)?
     };
     let probs = probs.to_dtype(dtype)?;
-    let out = probs
-        .reshape((b, kvh, g * tq, tk))?
-        .matmul(&batched_rows(v)?)?; // (B, KVH, G*Tq, D)
+    let out = matmul(&probs.reshape((b, kvh, g * tq, tk))?, &batched_rows(v)?)?; // (B, KVH, G*Tq, D)
     out.reshape((b, h, tq, d))?
         .transpose(1, 2)?
         .reshape((b, tq, h * d))
@@ -567,7 +621,7 @@ mod tests {
     use super::*;
     use crate::model::cpu_decode::{MAX_ROWS, kernel_available};
     use crate::model::testing::value_and_grad_diffs;
-    use candle_core::{Device, Var};
+    use candle_core::{Device, Module, Var};
 
     #[test]
     fn composed_rms_norm_matches_candle_fused_op() {
@@ -613,6 +667,43 @@ mod tests {
         assert!(d.to_scalar::<f32>().unwrap() < 1e-5);
         let diff = (ours - fused).unwrap().abs().unwrap().max_all().unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn cuda_product_layouts_are_told_apart() {
+        let dev = candle_core::Device::Cpu;
+        let (n, t, h, out) = (3, 5, 8, 4);
+        let hidden = Tensor::zeros((n, t, h), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((out, h), DType::F32, &dev).unwrap();
+        // The last position of every row: rows t * h apart, which cuBLAS cannot take.
+        let last = hidden.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
+        assert!(!cuda_gemm_accepts(&last, &w.t().unwrap()));
+        assert!(cuda_gemm_accepts(
+            &last.contiguous().unwrap(),
+            &w.t().unwrap()
+        ));
+        // One row alone, and a transposed right-hand side, are fine.
+        let one = hidden
+            .narrow(0, 0, 1)
+            .unwrap()
+            .narrow(1, t - 1, 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        assert!(cuda_gemm_accepts(&one, &w.t().unwrap()));
+        // Batched: keys with room after each (row, head) matrix, but not a time-major view.
+        let q = Tensor::zeros((2, 4, 1, h), DType::F32, &dev).unwrap();
+        let room = Tensor::zeros((2, 4, 9, h), DType::F32, &dev).unwrap();
+        let k = room.narrow(2, 0, t).unwrap();
+        assert!(cuda_gemm_accepts(&q, &k.t().unwrap()));
+        let time_major = Tensor::zeros((2, t, 4, h), DType::F32, &dev)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap();
+        assert!(!cuda_gemm_accepts(&q, &time_major.t().unwrap()));
+        // A projection of such rows makes them contiguous first.
+        let y = project(&last, &w).unwrap();
+        assert_eq!(y.dims(), [n, out]);
     }
 
     /// A cache's view with room after each row is read in place; a transposed view is copied;
