@@ -4,4 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/fetch_assets.sh
+# Every matrix product the model makes is held to the layouts CUDA's product accepts.
+export EDCO_CUDA_LAYOUT_CHECK=1
 cargo test --release "$@"
