@@ -14,6 +14,8 @@
 # Usage: scripts/gpu_check.sh [EDCO]   EDCO: the binary from scripts/cuda_build.sh (default
 #   target/cuda/release/edco), or a gzip of it.
 # EDCO_DEVICE=cpu runs the same steps on the CPU at small shapes, to check the script itself.
+# A failing step is reported and the rest still run; the script then ends with the list of
+# failures and exit status 1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/cuda/release/edco}"
@@ -30,7 +32,18 @@ if [ "$device" != cpu ] && python3 -c 'import nvidia' 2>/dev/null; then
   export LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 step() { echo "== $* ($(date -u +%H:%M:%S))"; }
-timed() { local t0=$SECONDS; "$@"; echo "   ${*:1:2}: $((SECONDS - t0)) s" >&2; }
+# A check that fails is reported and the script goes on, so that one run shows every result;
+# it exits non-zero at the end.
+failed=()
+timed() {
+  local t0=$SECONDS rc=0
+  "$@" || rc=$?
+  echo "   ${*:1:2}: $((SECONDS - t0)) s" >&2
+  if [ "$rc" != 0 ]; then
+    echo "   FAILED (exit $rc): $*" >&2
+    failed+=("$*")
+  fi
+}
 if [ "$device" = cpu ]; then
   small=1
   # The CPU stands in for CUDA's stricter product layouts too.
@@ -49,7 +62,9 @@ flash=0
 for arch in qwen3 llama; do
   edco init-model --arch "$arch" --out "$work/tiny-$arch" --hidden-size 256 --intermediate-size 256 \
     --layers 2 --heads 4 --kv-heads 2 --seed 1 2>/dev/null
-  edco check-device --model "$work/tiny-$arch" --device "$device" --seq-len 64 | tee "$work/check.jsonl"
+  timed edco check-device --model "$work/tiny-$arch" --device "$device" --seq-len 64 \
+    > "$work/check.jsonl"
+  cat "$work/check.jsonl"
   if grep -q '"flash-attn-model"' "$work/check.jsonl"; then flash=1; fi
 done
 
@@ -99,5 +114,10 @@ for name in smol qwen3-4b; do
 done
 
 step "(c) speed on the Qwen3-4B shape"
-edco check-device --model "$work/qwen3-4b" --device "$device" --seq-len 32 "${speed_args[@]}"
+timed edco check-device --model "$work/qwen3-4b" --device "$device" --seq-len 32 "${speed_args[@]}"
+if [ "${#failed[@]}" != 0 ]; then
+  step "done, ${#failed[@]} failed:"
+  printf '   %s\n' "${failed[@]}"
+  exit 1
+fi
 step "done"
