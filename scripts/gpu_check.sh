@@ -14,8 +14,8 @@
 # Usage: scripts/gpu_check.sh [EDCO]   EDCO: the binary from scripts/cuda_build.sh (default
 #   target/cuda/release/edco), or a gzip of it.
 # EDCO_DEVICE=cpu runs the same steps on the CPU at small shapes, to check the script itself.
-# A failing step is reported and the rest still run; the script then ends with the list of
-# failures and exit status 1.
+# A failing check, scoring or training run is reported and the rest still run; the script then
+# ends with the list of failures and exit status 1. A model it cannot write stops it at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${1:-target/cuda/release/edco}"
@@ -61,7 +61,7 @@ step "(a) logits against the CPU"
 flash=0
 for arch in qwen3 llama; do
   edco init-model --arch "$arch" --out "$work/tiny-$arch" --hidden-size 256 --intermediate-size 256 \
-    --layers 2 --heads 4 --kv-heads 2 --seed 1 2>/dev/null
+    --layers 2 --heads 4 --kv-heads 2 --seed 1
   timed edco check-device --model "$work/tiny-$arch" --device "$device" --seq-len 64 \
     > "$work/check.jsonl"
   cat "$work/check.jsonl"
@@ -71,14 +71,14 @@ done
 smol="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 if [ "$small" = 1 ]; then
   edco init-model --arch llama --out "$work/smol" --hidden-size 64 --intermediate-size 128 \
-    --layers 2 --heads 4 --kv-heads 2 2>/dev/null
+    --layers 2 --heads 4 --kv-heads 2
   smol="$work/smol"
   edco init-model --arch qwen3 --out "$work/qwen3-4b" --hidden-size 128 --intermediate-size 256 \
-    --layers 2 --heads 4 --kv-heads 2 --head-dim 64 2>/dev/null
+    --layers 2 --heads 4 --kv-heads 2 --head-dim 64
 elif [ ! -f "$smol" ]; then
   echo "no SmolLM2 GGUF at $smol: a random model of its shape instead"
   edco init-model --arch llama --out "$work/smol" --hidden-size 576 --intermediate-size 1536 \
-    --layers 30 --heads 9 --kv-heads 3 --vocab-size 49152 2>/dev/null
+    --layers 30 --heads 9 --kv-heads 3 --vocab-size 49152
   smol="$work/smol"
 fi
 if [ "$small" = 0 ]; then

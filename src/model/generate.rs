@@ -198,6 +198,10 @@ pub fn generate(
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let batch = Batch::left_padded(&rows, opts.pad_id, &device)?;
     let (mut logits, mut caches) = prefill(model, &batch)?;
+    // The keys a row can reach: its padded prompt and every new token but the last (which is
+    // sampled, never fed back).
+    let steps = batch.ids.dim(1)? + opts.max_new_tokens - 1;
+    caches.iter_mut().for_each(|c| c.reserve(steps));
 
     // Per batch row, for the rows still generating: output index, sampling stream, key mask and
     // next position.

@@ -119,13 +119,14 @@ fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     y.reshape(dims)
 }
 
-/// candle's matrix product, on operands laid out as CUDA's product takes them: where one is not
-/// (see [`cuda_gemm_accepts`]; the CPU's product takes more), both are copied contiguous first.
+/// candle's matrix product, on operands laid out as CUDA's product takes them: an operand that
+/// is not (see [`cuda_gemm_accepts`]; the CPU's product takes more) is copied contiguous first.
 /// In the unit tests, and wherever `EDCO_CUDA_LAYOUT_CHECK=1` is set (the test script sets it),
 /// such a product is an error instead, so that every layout the model produces is held to
 /// CUDA's rules on the CPU.
 pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if cuda_gemm_accepts(a, b) {
+    let (a_ok, b_ok) = cuda_gemm_operands(a, b);
+    if a_ok && b_ok {
         return a.matmul(b);
     }
     if strict_cuda_layouts() {
@@ -137,7 +138,8 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             b.stride()
         );
     }
-    a.contiguous()?.matmul(&b.contiguous()?)
+    let fix = |x: &Tensor, ok: bool| if ok { Ok(x.clone()) } else { x.contiguous() };
+    fix(a, a_ok)?.matmul(&fix(b, b_ok)?)
 }
 
 /// Whether a product CUDA would refuse is an error (see [`matmul`]).
@@ -147,16 +149,27 @@ fn strict_cuda_layouts() -> bool {
         || *STRICT.get_or_init(|| std::env::var("EDCO_CUDA_LAYOUT_CHECK").is_ok_and(|v| v == "1"))
 }
 
-/// Whether candle's CUDA matmul (cuBLAS strided batched gemm) accepts these operands' layouts:
-/// the rules of `gemm_config` in candle-core's CUDA backend (0.11), restated.
+/// Whether candle's CUDA matmul (cuBLAS strided batched gemm) accepts these operands' layouts.
 pub fn cuda_gemm_accepts(lhs: &Tensor, rhs: &Tensor) -> bool {
+    let (l, r) = cuda_gemm_operands(lhs, rhs);
+    l && r
+}
+
+/// Whether each operand's layout passes the rules of `gemm_config` in candle-core's CUDA
+/// backend (0.11), restated: a row-major or transposed matrix, and batches one stride apart. A
+/// contiguous operand always does. Products with nothing to compute, which candle returns
+/// before looking at layouts, pass; operands of different ranks do not.
+fn cuda_gemm_operands(lhs: &Tensor, rhs: &Tensor) -> (bool, bool) {
     let (ld, rd) = (lhs.dims(), rhs.dims());
     let (ls, rs) = (lhs.stride(), rhs.stride());
     let r = ld.len();
     if r < 2 || rd.len() != r {
-        return false;
+        return (false, false);
     }
     let (m, k, n) = (ld[r - 2], ld[r - 1], rd[r - 1]);
+    if m * n == 0 || k == 0 {
+        return (true, true);
+    }
     let (rhs_m1, rhs_m2, lhs_m1, lhs_m2) = (rs[r - 1], rs[r - 2], ls[r - 1], ls[r - 2]);
     let rhs_ok = ((rhs_m1 == 1 || n == 1) && (rhs_m2 == n || k == 1))
         || ((rhs_m1 == k || n == 1) && (rhs_m2 == 1 || k == 1));
@@ -167,7 +180,7 @@ pub fn cuda_gemm_accepts(lhs: &Tensor, rhs: &Tensor) -> bool {
         [_] | [] => true,
         _ => false,
     };
-    rhs_ok && lhs_ok && batch_ok(ld, ls) && batch_ok(rd, rs)
+    (lhs_ok && batch_ok(ld, ls), rhs_ok && batch_ok(rd, rs))
 }
 
 /// The products of a few rows against projections that read the same input (a layer's query,

@@ -56,10 +56,12 @@ struct Block {
     mlp: Mlp,
 }
 
-/// One layer's keys and values so far: (B, T, KVH, D) each on the CPU in f32, (B, KVH, T, D)
-/// elsewhere. On the CPU in f32 they are views of buffers with room along the time axis, and a
-/// generation step writes its keys into the room (doubling it when full) instead of copying the
-/// whole cache into a new tensor, which made a long generation quadratic in its length.
+/// One layer's keys and values so far: (B, T, KVH, D) each for the CPU's f32 kernel and the
+/// packed (FlashAttention) path, (B, KVH, T, D) for the composed attention. During generation
+/// they are views of buffers with room along the time axis, and a step writes its keys into the
+/// room instead of copying the whole cache into a new tensor, which made a long generation
+/// quadratic in its length. The room doubles whenever it fills, up to what
+/// [`LayerCache::reserve`] asked for.
 #[derive(Default)]
 pub struct LayerCache {
     k: Option<Tensor>,
@@ -67,6 +69,8 @@ pub struct LayerCache {
     /// The buffers `k` and `v` are the first time steps of; only `append` sets it, so a cache
     /// built any other way never writes into a buffer that something else still reads.
     room: Option<(Tensor, Tensor, usize)>,
+    /// Time steps the cache is expected to reach (0: unknown).
+    expected: usize,
 }
 
 impl LayerCache {
@@ -76,7 +80,15 @@ impl LayerCache {
             k: Some(k),
             v: Some(v),
             room: None,
+            expected: 0,
         }
+    }
+
+    /// Expects the cache to reach `steps` time steps in all: its room then never grows past
+    /// that many, where doubling what is needed could keep up to twice the memory to the end
+    /// of the generation.
+    pub fn reserve(&mut self, steps: usize) {
+        self.expected = steps;
     }
 
     pub fn k(&self) -> Option<&Tensor> {
@@ -92,6 +104,7 @@ impl LayerCache {
         let (Some(k), Some(v)) = (&self.k, &self.v) else {
             return Ok(());
         };
+        let expected = self.expected;
         *self = match &self.room {
             Some((rk, rv, axis)) => {
                 let len = k.dim(*axis)?;
@@ -100,10 +113,12 @@ impl LayerCache {
                     k: Some(rk.narrow(*axis, 0, len)?),
                     v: Some(rv.narrow(*axis, 0, len)?),
                     room: Some((rk, rv, *axis)),
+                    expected,
                 }
             }
             None => Self::new(k.index_select(idx, 0)?, v.index_select(idx, 0)?),
         };
+        self.expected = expected;
         Ok(())
     }
 
@@ -123,11 +138,16 @@ impl LayerCache {
                 let (rk, rv) = match self.room.take() {
                     Some((rk, rv, a)) if a == axis && rk.dim(axis)? >= len + t => (rk, rv),
                     _ => {
-                        // Twice what is needed: the copies below happen a logarithmic number
-                        // of times over a generation.
+                        // Twice what is needed, so that the copies below happen a logarithmic
+                        // number of times over a generation, but never past what was reserved.
+                        let room = if self.expected >= len + t {
+                            self.expected.min(2 * (len + t))
+                        } else {
+                            2 * (len + t)
+                        };
                         let grow = |p: &Tensor| -> Result<Tensor> {
                             let mut dims = p.dims().to_vec();
-                            dims[axis] = 2 * (len + t);
+                            dims[axis] = room;
                             let buf = Tensor::zeros(dims, p.dtype(), p.device())?;
                             buf.slice_set(&p.contiguous()?, axis, 0)?;
                             Ok(buf)
@@ -822,6 +842,44 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod cache_tests {
     use super::*;
+
+    #[test]
+    fn room_grows_no_further_than_reserved_and_is_kept_through_row_selection() {
+        let dev = Device::Cpu;
+        let step = |t: usize| Tensor::randn(0f32, 1.0, (3, t, 2, 4), &dev).unwrap();
+        let mut cache = LayerCache::default();
+        cache.append(step(5), step(5), 1, true).unwrap();
+        cache.reserve(9);
+        // 12 would be twice what is needed; 9 were reserved.
+        let room = |c: &LayerCache| c.room.as_ref().map(|(k, _, _)| k.dim(1).unwrap());
+        cache.append(step(1), step(1), 1, true).unwrap();
+        assert_eq!(room(&cache), Some(9));
+        cache
+            .select_rows(&Tensor::new(&[2u32, 0], &dev).unwrap())
+            .unwrap();
+        for _ in 0..3 {
+            cache
+                .append(
+                    step(1).narrow(0, 0, 2).unwrap(),
+                    step(1).narrow(0, 0, 2).unwrap(),
+                    1,
+                    true,
+                )
+                .unwrap();
+        }
+        assert_eq!(room(&cache), Some(9));
+        assert_eq!(cache.k().unwrap().dims(), [2, 9, 2, 4]);
+        // Past what was reserved, the room doubles.
+        cache
+            .append(
+                step(1).narrow(0, 0, 2).unwrap(),
+                step(1).narrow(0, 0, 2).unwrap(),
+                1,
+                true,
+            )
+            .unwrap();
+        assert_eq!(room(&cache), Some(20));
+    }
 
     #[test]
     fn appending_in_room_keeps_what_concatenation_keeps() {
