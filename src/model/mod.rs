@@ -846,38 +846,28 @@ mod cache_tests {
     #[test]
     fn room_grows_no_further_than_reserved_and_is_kept_through_row_selection() {
         let dev = Device::Cpu;
-        let step = |t: usize| Tensor::randn(0f32, 1.0, (3, t, 2, 4), &dev).unwrap();
+        // One step of keys and values for `rows` rows.
+        let append = |cache: &mut LayerCache, rows: usize, t: usize| {
+            let step = || Tensor::randn(0f32, 1.0, (rows, t, 2, 4), &dev).unwrap();
+            cache.append(step(), step(), 1, true).unwrap();
+        };
+        let room = |c: &LayerCache| c.room.as_ref().map(|(k, _, _)| k.dim(1).unwrap());
         let mut cache = LayerCache::default();
-        cache.append(step(5), step(5), 1, true).unwrap();
+        append(&mut cache, 3, 5);
         cache.reserve(9);
         // 12 would be twice what is needed; 9 were reserved.
-        let room = |c: &LayerCache| c.room.as_ref().map(|(k, _, _)| k.dim(1).unwrap());
-        cache.append(step(1), step(1), 1, true).unwrap();
+        append(&mut cache, 3, 1);
         assert_eq!(room(&cache), Some(9));
         cache
             .select_rows(&Tensor::new(&[2u32, 0], &dev).unwrap())
             .unwrap();
         for _ in 0..3 {
-            cache
-                .append(
-                    step(1).narrow(0, 0, 2).unwrap(),
-                    step(1).narrow(0, 0, 2).unwrap(),
-                    1,
-                    true,
-                )
-                .unwrap();
+            append(&mut cache, 2, 1);
         }
         assert_eq!(room(&cache), Some(9));
         assert_eq!(cache.k().unwrap().dims(), [2, 9, 2, 4]);
         // Past what was reserved, the room doubles.
-        cache
-            .append(
-                step(1).narrow(0, 0, 2).unwrap(),
-                step(1).narrow(0, 0, 2).unwrap(),
-                1,
-                true,
-            )
-            .unwrap();
+        append(&mut cache, 2, 1);
         assert_eq!(room(&cache), Some(20));
     }
 
