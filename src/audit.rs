@@ -4,10 +4,11 @@
 //! full-sequence estimator on the same samples and seeds and reports how well the prefix score
 //! agrees with it (time saved, Spearman rho, Kendall tau-b, top-N overlap, `<stem>.scatter.svg`).
 
+use crate::atomic_file::write_atomic;
 use crate::data::Sample;
 use crate::entropy::{EntropyConfig, Horizon, SampleEntropy, estimate};
 use crate::model::load::Loaded;
-use crate::model::weights::write_atomic;
+use crate::progress::progress_bar;
 use crate::{plot, stats};
 use anyhow::Result;
 use serde_json::json;
@@ -53,19 +54,6 @@ fn run_pass(loaded: &Loaded, samples: &[Sample], cfg: &EntropyConfig, label: &st
         scores,
         seconds: start.elapsed().as_secs_f64(),
     })
-}
-
-/// A progress bar with ETA on stderr; indicatif hides it when stderr is not a terminal.
-pub fn progress_bar(len: usize, label: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed} < {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_prefix(label.to_string());
-    bar
 }
 
 fn sibling(out: &Path, suffix: &str) -> PathBuf {

@@ -5,9 +5,10 @@
 //! Every random choice in the loop is derived from (seed, round, step), so this is all a resume
 //! needs to end where an uninterrupted run would.
 
+use crate::atomic_file::{replace_dir, staging_dir, write_atomic};
 use crate::curriculum::{Curriculum, Pick};
 use crate::model::Trainable;
-use crate::model::load::{Loaded, replace_dir, save_hf_dir};
+use crate::model::load::{Loaded, save_hf_dir};
 use crate::model::lora::save_adapter;
 use crate::trainer::optim::AdamW;
 use anyhow::{Context, Result, bail};
@@ -52,7 +53,7 @@ pub fn save(
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let name = format!("round_{:03}_step_{:06}", state.round, state.global_step);
     let dir = root.join(&name);
-    let stage = root.join(format!(".{name}.partial"));
+    let stage = staging_dir(&dir);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
@@ -68,7 +69,7 @@ pub fn save(
             )?,
         }
         opt.save(&stage.join(OPTIMIZER))?;
-        crate::model::weights::write_atomic(
+        write_atomic(
             &stage.join(STATE),
             serde_json::to_string_pretty(state)?.as_bytes(),
         )?;

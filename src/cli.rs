@@ -1,12 +1,12 @@
 //! The command line: clap definitions resolved once into calls on the library. Each subcommand
 //! owns its arguments; shared model options (source, dtype, device, adapter) live in [`ModelArgs`].
 
+use crate::data::tokenize::Lengths;
 use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions, load_jsonl};
 use crate::model::config::Arch;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::load::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
-use crate::perplexity::Lengths;
 use crate::tokenizer::Message;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -656,7 +656,7 @@ fn run_perplexity(a: PerplexityArgs) -> Result<()> {
         text.push('\n');
     }
     match &a.out {
-        Some(path) => crate::model::weights::write_atomic(path, text.as_bytes())?,
+        Some(path) => crate::atomic_file::write_atomic(path, text.as_bytes())?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     Ok(())

@@ -2,9 +2,9 @@
 //! explicit here, `--set section.key=value` overrides applied before parsing, validated once by
 //! [`Config::load`] and trusted afterwards. Each part of the program receives its own section.
 
+use crate::data::tokenize::Lengths;
 use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions};
 use crate::model::lora::LoraConfig;
-use crate::perplexity::Lengths;
 use crate::reward::Rule;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};

@@ -11,11 +11,8 @@
 //!   prompt, lowest reference perplexity, highest entropy first) and rounds walk that order.
 
 use crate::config::{CurriculumSection, Strategy};
-use crate::model::generate::mix_seed;
+use crate::seed;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-
-/// Distinguishes the selection's random stream from every other use of the run seed.
-const SELECT_SEED_TAG: u64 = 1;
 use serde::{Deserialize, Serialize};
 
 /// One selected sample.
@@ -137,7 +134,7 @@ impl Curriculum {
     /// The selection for round `round` (1-based).
     pub fn select(&mut self, round: usize) -> Vec<Pick> {
         let n = self.per_round.min(self.pool());
-        let mut rng = StdRng::seed_from_u64(mix_seed(&[SELECT_SEED_TAG, self.seed, round as u64]));
+        let mut rng = StdRng::seed_from_u64(seed::mix(&[seed::SELECT, self.seed, round as u64]));
         let chosen: Vec<usize> = match self.cfg.strategy {
             Strategy::Edco => {
                 let ranked = self.ranked(false);

@@ -8,10 +8,11 @@
 //! template for scoring, several samples or greedy decoding on request.
 
 use crate::data::Sample;
+use crate::data::tokenize::{Lengths, Tokenized, tokenize_pair, tokenize_prompt};
 use crate::model::Decoder;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
-use crate::perplexity::{Lengths, Tokenized, response_logits, tokenize_pair};
+use crate::response::response_logits;
 use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Context, Result, bail};
 use candle_core::D;
@@ -113,17 +114,6 @@ impl SampleEntropy {
     }
 }
 
-/// A stable 64-bit hash of a sample id (FNV-1a), so a sample's seed does not depend on its
-/// position in the pool or its batch.
-pub fn id_seed(seed: u64, id: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    for b in id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The scoring prompt: the sample's turns with the quick-answer instruction after the last user turn.
 pub fn scoring_messages(sample: &Sample, quick_answer: Option<&str>) -> Vec<Message> {
     let mut msgs = sample.messages.clone();
@@ -186,17 +176,13 @@ fn generated(
         .par_iter()
         .zip(cuts.par_iter_mut())
         .map(|(s, cut)| {
-            let mut ids = tok
-                .encode_chat(
-                    &scoring_messages(s, cfg.quick_answer.as_deref()),
-                    &cfg.template_args,
-                )
+            let messages = scoring_messages(s, cfg.quick_answer.as_deref());
+            let ids;
+            (ids, *cut) = tokenize_prompt(tok, &messages, &cfg.template_args, limit)
                 .with_context(|| format!("sample `{}`", s.id))?;
-            *cut = ids.len().saturating_sub(limit);
-            ids.drain(..*cut);
             Ok(Prompt {
                 ids,
-                seed: id_seed(cfg.seed, &s.id),
+                seed: crate::seed::of_id(cfg.seed, &s.id),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -303,12 +289,5 @@ mod tests {
         assert_eq!(m[1].content, "Q?\n\nBe brief.");
         assert_eq!(m[0].content, "s");
         assert_eq!(scoring_messages(&s, None)[1].content, "Q?\n");
-    }
-
-    #[test]
-    fn id_seeds_are_stable_and_distinct() {
-        assert_eq!(id_seed(1, "a"), id_seed(1, "a"));
-        assert_ne!(id_seed(1, "a"), id_seed(1, "b"));
-        assert_ne!(id_seed(1, "a"), id_seed(2, "a"));
     }
 }

@@ -4,10 +4,11 @@
 
 use crate::config::EvalSection;
 use crate::data::Sample;
+use crate::data::tokenize::{Lengths, tokenize_prompt};
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
 use crate::model::{Batch, Decoder};
-use crate::perplexity::{Lengths, score};
+use crate::perplexity::score;
 use crate::reward::{Rule, check};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
@@ -94,14 +95,13 @@ impl Evaluator<'_> {
     }
 
     fn prompt_ids(&self, s: &Sample) -> Result<Vec<u32>> {
-        let mut ids = self
-            .tok
-            .encode_chat(&s.messages, self.template_args)
-            .with_context(|| format!("sample `{}`", s.id))?;
-        let limit = self.lengths.prompt_limit();
-        if ids.len() > limit {
-            ids.drain(..ids.len() - limit);
-        }
+        let (ids, _) = tokenize_prompt(
+            self.tok,
+            &s.messages,
+            self.template_args,
+            self.lengths.prompt_limit(),
+        )
+        .with_context(|| format!("sample `{}`", s.id))?;
         Ok(ids)
     }
 

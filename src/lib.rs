@@ -2,6 +2,7 @@
 //! The library holds everything; `main.rs` only parses arguments and reports errors.
 
 pub mod alloc;
+pub mod atomic_file;
 pub mod audit;
 pub mod checkpoint;
 pub mod cli;
@@ -16,7 +17,10 @@ pub mod logging;
 pub mod model;
 pub mod perplexity;
 pub mod plot;
+pub mod progress;
+pub mod response;
 pub mod reward;
+pub mod seed;
 pub mod stats;
 pub mod threads;
 pub mod tokenizer;

@@ -1,7 +1,7 @@
 //! Pictures for users: SVG charts drawn with plotters (SVG needs no system fonts, so the CPU
 //! build stays self-contained), each rendered in memory and written atomically.
 
-use crate::model::weights::write_atomic;
+use crate::atomic_file::write_atomic;
 use anyhow::{Result, anyhow};
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;

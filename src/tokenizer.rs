@@ -184,7 +184,7 @@ impl Tokenizer {
             .inner
             .to_string(false)
             .map_err(|e| anyhow!("serialising tokenizer: {e}"))?;
-        crate::model::weights::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
+        crate::atomic_file::write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
         let cfg = serde_json::json!({
             "tokenizer_class": "PreTrainedTokenizerFast",
             "bos_token": self.meta.bos_token,
@@ -194,7 +194,7 @@ impl Tokenizer {
             "chat_template": self.meta.chat_template,
             "clean_up_tokenization_spaces": false,
         });
-        crate::model::weights::write_atomic(
+        crate::atomic_file::write_atomic(
             &dir.join("tokenizer_config.json"),
             serde_json::to_string_pretty(&cfg)?.as_bytes(),
         )

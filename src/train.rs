@@ -4,27 +4,23 @@
 //! scoring kept apart from the time spent training, and the pictures are drawn at the end.
 //! Every random choice derives from (seed, round, step), which is what makes `--resume` exact.
 
-use crate::audit::progress_bar;
+use crate::atomic_file::write_atomic;
 use crate::checkpoint::{self, TrainState};
 use crate::cli::{parse_device, parse_dtype};
 use crate::config::{AggregateKind, Config, Finetune, HorizonKind, Method, Strategy};
 use crate::curriculum::Curriculum;
+use crate::data::tokenize::{Tokenized, tokenize_pair, tokenize_prompt};
 use crate::data::{Sample, load_jsonl};
 use crate::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
 use crate::eval::{EvalReport, Evaluator};
 use crate::model::Trainable;
 use crate::model::generate::Prompt;
-use crate::model::generate::{Sampling, mix_seed};
-
-// Tags that keep the run seed's uses apart: scoring, shuffling, and each step's streams.
-const SCORE_SEED_TAG: u64 = 2;
-const SHUFFLE_SEED_TAG: u64 = 3;
-const STEP_SEED_TAG: u64 = 4;
+use crate::model::generate::Sampling;
 use crate::model::load::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
-use crate::model::weights::write_atomic;
-use crate::perplexity::{Tokenized, tokenize_pair};
+use crate::progress::progress_bar;
 use crate::reward::check;
+use crate::seed;
 use crate::trainer::grpo::{self, GrpoParams};
 use crate::trainer::optim::{AdamW, AdamWParams, learning_rate};
 use crate::trainer::sft;
@@ -108,7 +104,7 @@ fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
         },
         sampling: Sampling::new(e.greedy, e.temperature, e.top_p, e.top_k),
         samples_per_prompt: e.samples_per_prompt,
-        seed: mix_seed(&[SCORE_SEED_TAG, cfg.run.seed, round as u64]),
+        seed: seed::mix(&[seed::SCORE, cfg.run.seed, round as u64]),
         batch_size: e.batch_size,
         quick_answer: (!e.quick_answer.is_empty()).then(|| e.quick_answer.clone()),
         lengths: cfg.data.lengths(),
@@ -346,11 +342,9 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         .map(|s| match cfg.method {
             Method::Sft => tokenize_pair(tok, s, &template_args, lengths),
             Method::Grpo => {
-                let mut prompt = tok
-                    .encode_chat(&s.messages, &template_args)
-                    .with_context(|| format!("sample `{}`", s.id))?;
-                let cut = prompt.len().saturating_sub(lengths.prompt_limit());
-                prompt.drain(..cut);
+                let (prompt, cut) =
+                    tokenize_prompt(tok, &s.messages, &template_args, lengths.prompt_limit())
+                        .with_context(|| format!("sample `{}`", s.id))?;
                 Ok(Tokenized {
                     prompt,
                     cut,
@@ -594,8 +588,8 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         };
         for epoch in 0..passes {
             let mut e: Vec<usize> = state.picks.iter().map(|p| p.index).collect();
-            let mut rng = StdRng::seed_from_u64(mix_seed(&[
-                SHUFFLE_SEED_TAG,
+            let mut rng = StdRng::seed_from_u64(seed::mix(&[
+                seed::SHUFFLE,
                 cfg.run.seed,
                 round as u64,
                 epoch as u64,
@@ -628,7 +622,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                 state.global_step,
                 total_steps,
             );
-            let seed = mix_seed(&[STEP_SEED_TAG, cfg.run.seed, state.global_step as u64]);
+            let seed = seed::mix(&[seed::STEP, cfg.run.seed, state.global_step as u64]);
             let st = Instant::now();
             let mut line = match cfg.method {
                 Method::Sft => {
@@ -652,7 +646,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         .enumerate()
                         .map(|(j, &i)| Prompt {
                             ids: pairs[i].prompt.clone(),
-                            seed: mix_seed(&[seed, j as u64]),
+                            seed: seed::mix(&[seed, j as u64]),
                         })
                         .collect();
                     let rollouts = grpo::rollout(

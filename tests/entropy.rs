@@ -5,10 +5,10 @@
 mod common;
 
 use common::fixture_with_tokenizer;
+use edco::data::tokenize::Lengths;
 use edco::data::{Sample, parse_record};
 use edco::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
 use edco::model::load::{LoadOptions, Loaded, load};
-use edco::perplexity::Lengths;
 
 fn setup() -> (tempfile::TempDir, Loaded, Vec<Sample>) {
     let dir = fixture_with_tokenizer("tiny-qwen3");

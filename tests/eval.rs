@@ -9,13 +9,13 @@ mod common;
 use candle_core::{D, DType, IndexOp};
 use common::fixture_with_tokenizer;
 use edco::config::EvalSection;
+use edco::data::tokenize::Lengths;
 use edco::data::{Sample, parse_record};
 use edco::eval::Evaluator;
 use edco::model::Batch;
 use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
-use edco::perplexity::Lengths;
 use edco::reward::Rule;
 
 #[test]

@@ -599,7 +599,7 @@ fn bf16_forward_is_close_to_f32_and_trains() {
 
 #[test]
 fn several_samples_share_a_prefill_and_equal_separate_runs() {
-    use edco::model::generate::sample_seed;
+    use edco::seed::of_sample as sample_seed;
     let model = load("tiny-llama3", Trainable::Frozen);
     let ps = prompts();
     let mut o = opts(6);

@@ -6,11 +6,12 @@ mod common;
 use candle_core::{D, Device};
 use common::tiny_model;
 use edco::data::parse_record;
+use edco::data::tokenize::{Lengths, tokenize_pair};
 use edco::model::Batch;
 use edco::model::config::Arch;
 use edco::model::layers::Mode;
 use edco::model::load::{LoadOptions, load};
-use edco::perplexity::{Lengths, score, tokenize_pair};
+use edco::perplexity::score;
 
 #[test]
 fn batched_scores_equal_hand_computed_ones() {

@@ -54,30 +54,6 @@ pub struct Prompt {
     pub seed: u64,
 }
 
-/// The seed of completion `k` of a prompt whose seed is `seed`.
-/// Completion 0 uses the prompt's own seed, so one sample per prompt is the plain case.
-pub fn sample_seed(seed: u64, k: usize) -> u64 {
-    if k == 0 {
-        seed
-    } else {
-        mix_seed(&[seed, k as u64])
-    }
-}
-
-/// A seed derived from several parts (SplitMix64 over each in turn), so seeds made for different
-/// purposes, rounds, steps or samples do not collide the way sums or xors of them can.
-pub fn mix_seed(parts: &[u64]) -> u64 {
-    let mut h: u64 = 0x6A09_E667_F3BC_C908;
-    for &p in parts {
-        h = h.wrapping_add(p).wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = h;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        h = z ^ (z >> 31);
-    }
-    h
-}
-
 /// One prompt's completion; all vectors have one entry per generated token.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generation {
@@ -177,7 +153,7 @@ pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
 }
 
 /// Generates `samples_per_prompt` completions for every prompt, prompt-major: completion `k` of
-/// prompt `i` is at `i * samples_per_prompt + k` and samples with seed `sample_seed(seed_i, k)`.
+/// prompt `i` is at `i * samples_per_prompt + k` and samples with seed `seed::of_sample(seed_i, k)`.
 pub fn generate(
     model: &Decoder,
     prompts: &[Prompt],
@@ -208,7 +184,7 @@ pub fn generate(
     let mut active: Vec<usize> = (0..out.len()).collect();
     let mut rngs: Vec<StdRng> = active
         .iter()
-        .map(|&o| StdRng::seed_from_u64(sample_seed(prompts[o / n].seed, o % n)))
+        .map(|&o| StdRng::seed_from_u64(crate::seed::of_sample(prompts[o / n].seed, o % n)))
         .collect();
     let mut key_mask: Vec<Vec<u8>> = active.iter().map(|&o| batch.mask[o / n].clone()).collect();
     let mut next_pos: Vec<u32> = active.iter().map(|&o| rows[o / n].len() as u32).collect();

@@ -3,8 +3,9 @@
 //! generation defaults that come with it; and saving a model back as a Hugging Face directory.
 
 use super::config::{ModelConfig, token_ids};
-use super::weights::{WeightSource, save_safetensors, write_atomic};
+use super::weights::{WeightSource, save_safetensors};
 use super::{Decoder, Trainable, gguf};
+use crate::atomic_file::{replace_dir, staging_dir, write_atomic};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -265,10 +266,7 @@ pub fn save_hf_dir(
     if matches!(model.trainable(), Trainable::Lora(_)) {
         bail!("save the adapter, or merge it into the base first, to save a LoRA model");
     }
-    let stage = dir.with_file_name(format!(
-        ".{}.partial",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
+    let stage = staging_dir(dir);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
@@ -290,25 +288,6 @@ pub fn save_hf_dir(
     save_safetensors(&model.named_parameters(), &stage.join("model.safetensors"))?;
     tokenizer.save_dir(&stage)?;
     replace_dir(&stage, dir)
-}
-
-/// Moves a finished directory over `dir`, keeping the old one until the new one is in place.
-pub fn replace_dir(stage: &Path, dir: &Path) -> Result<()> {
-    let old = dir.with_file_name(format!(
-        ".{}.old",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
-        std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
-    }
-    std::fs::rename(stage, dir).with_context(|| format!("moving {} into place", dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
-    }
-    Ok(())
 }
 
 pub fn dtype_name(dtype: DType) -> &'static str {

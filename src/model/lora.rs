@@ -4,8 +4,9 @@
 //! (a = sqrt 5), B = 0, scale = alpha / r (alpha / sqrt r with rsLoRA).
 
 use super::layers::LoraAdapter;
-use super::weights::{WeightSource, save_safetensors, write_atomic};
+use super::weights::{WeightSource, save_safetensors};
 use super::{Decoder, Trainable};
+use crate::atomic_file::write_atomic;
 use anyhow::{Context, Result, bail};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,8 @@
 //! Where a decoder's tensors come from and go to: Hugging Face safetensors (one file or a sharded
-//! set with `model.safetensors.index.json`), an in-memory map (GGUF, random init), and atomic
-//! safetensors writes with the `format: pt` metadata transformers expects.
+//! set with `model.safetensors.index.json`), an in-memory map (GGUF, random init), and safetensors
+//! writes with the `format: pt` metadata transformers expects.
 
+use crate::atomic_file::write_atomic;
 use anyhow::{Context, Result, bail};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -182,29 +183,4 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()>
     let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (*n, t)), metadata)
         .with_context(|| format!("serialising {}", path.display()))?;
     write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary sibling, syncs it, and renames it over `path`. On failure (a
-/// full disk, say) the temporary is removed and `path` keeps what it had.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    let written = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
-        f.sync_all()
-            .with_context(|| format!("writing {}", path.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }

@@ -9,10 +9,11 @@
 //! Departure from the EDCO paper's runs: rewards are verifiable by rule, no LLM judge.
 
 use super::optim::{AdamW, GradAccumulator};
+use crate::data::tokenize::Tokenized;
 use crate::model::Decoder;
 use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
 use crate::model::layers::Mode;
-use crate::perplexity::{Tokenized, response_token_log_probs};
+use crate::response::response_token_log_probs;
 use anyhow::Result;
 use candle_core::Tensor;
 use serde::Serialize;

@@ -3,9 +3,10 @@
 //! over micro-batches, clipped by global norm, then one AdamW update.
 
 use super::optim::{AdamW, GradAccumulator};
+use crate::data::tokenize::Tokenized;
 use crate::model::Decoder;
 use crate::model::layers::Mode;
-use crate::perplexity::{Tokenized, response_token_log_probs};
+use crate::response::response_token_log_probs;
 use anyhow::{Result, bail};
 
 #[derive(Debug, Clone, Copy, PartialEq)]

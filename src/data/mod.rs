@@ -7,6 +7,9 @@
 //!
 //! [`Format::Auto`] detects the shape per line; a named format requires it of every line. Every
 //! record gets an `id` (its own, or `line-N`). Bad lines name the file, line and field.
+//! `tokenize` turns samples into token ids.
+
+pub mod tokenize;
 
 use crate::tokenizer::Message;
 use anyhow::{Context, Result, bail};
