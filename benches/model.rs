@@ -17,12 +17,13 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_core::Tensor;
-use edco::model::cpu_decode::PackedCache;
-use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use edco::model::generate::{GenerateOptions, Prompt, generate};
+use edco::model::io::{LoadOptions, load};
+use edco::model::kernels::decode::PackedCache;
+use edco::model::kernels::token_log_probs::token_log_probs;
 use edco::model::layers::Mode;
-use edco::model::load::{LoadOptions, load};
 use edco::model::lora::LoraConfig;
-use edco::model::token_log_probs::token_log_probs;
+use edco::model::sampling::Sampling;
 use edco::model::{Batch, Trainable};
 use edco::trainer::optim::{AdamW, AdamWParams, GradAccumulator};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -192,7 +193,7 @@ fn bench() -> Result<()> {
             let secs = start.elapsed().as_secs_f64();
             serde_json::json!({
                 "tool": "edco", "case": "generate", "threads": threads, "load_seconds": load_seconds,
-                "dtype": edco::model::load::dtype_name(args.dtype),
+                "dtype": edco::model::io::dtype_name(args.dtype),
                 "prompts": 16, "new_tokens_per_row": args.new_tokens, "timed_iters": args.steps,
                 "seconds_per_iter": secs / args.steps as f64,
                 "new_tokens_per_s": (16 * args.new_tokens * args.steps) as f64 / secs,

@@ -13,10 +13,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use edco::init_model::byte_tokenizer;
 use edco::model::config::ModelConfig;
+use edco::model::io::safetensors::{WeightSource, save_safetensors};
+use edco::model::io::{LoadOptions, load as load_model, save_hf_dir};
 use edco::model::layers::Mode;
-use edco::model::load::{LoadOptions, load as load_model, save_hf_dir};
 use edco::model::lora::{self, LoraConfig};
-use edco::model::weights::{WeightSource, save_safetensors};
 use edco::model::{Batch, Decoder, Trainable};
 use std::path::{Path, PathBuf};
 

@@ -7,7 +7,7 @@
 use crate::atomic_file::write_atomic;
 use crate::data::Sample;
 use crate::entropy::{EntropyConfig, Horizon, SampleEntropy, estimate};
-use crate::model::load::Loaded;
+use crate::model::io::Loaded;
 use crate::progress::progress_bar;
 use crate::{plot, stats};
 use anyhow::Result;

@@ -8,7 +8,7 @@
 use crate::atomic_file::{replace_dir, staging_dir, write_atomic};
 use crate::curriculum::{Curriculum, Pick};
 use crate::model::Trainable;
-use crate::model::load::{Loaded, save_hf_dir};
+use crate::model::io::{Loaded, save_hf_dir};
 use crate::model::lora::save_adapter;
 use crate::trainer::optim::AdamW;
 use anyhow::{Context, Result, bail};

@@ -4,9 +4,10 @@
 use crate::data::tokenize::Lengths;
 use crate::data::{Format, MCQ_TEMPLATE, PromptTemplates, QA_TEMPLATE, ReadOptions, load_jsonl};
 use crate::model::config::Arch;
-use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
-use crate::model::load::{LoadOptions, Loaded, load};
+use crate::model::generate::{GenerateOptions, Prompt, generate};
+use crate::model::io::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
+use crate::model::sampling::Sampling;
 use crate::tokenizer::Message;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};

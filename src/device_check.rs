@@ -13,8 +13,8 @@
 //! left-padded prompts of different lengths, then cached decoding steps) against the CPU's
 //! model, beside the composed attention on the device on the same inputs.
 
+use crate::model::io::{LoadOptions, dtype_name, load};
 use crate::model::layers::Mode;
-use crate::model::load::{LoadOptions, dtype_name, load};
 use crate::model::{Batch, Trainable};
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor};
@@ -442,7 +442,8 @@ mod tests {
         let v = Tensor::randn(0f32, 1.0, (b, t, kvh, d), &cpu).unwrap();
         let composed = composed_causal_attention(&q, &k, &v).unwrap();
         let kernel =
-            crate::model::cpu_attention::attention(&q, &k, &v, &vec![vec![1u8; t]; b]).unwrap();
+            crate::model::kernels::attention::attention(&q, &k, &v, &vec![vec![1u8; t]; b])
+                .unwrap();
         assert_eq!(composed.dims(), [b, t, h * d]);
         let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let e = relative_error(&flat(&composed), &flat(&kernel)).unwrap();

@@ -10,8 +10,9 @@
 use crate::data::Sample;
 use crate::data::tokenize::{Lengths, Tokenized, tokenize_pair, tokenize_prompt};
 use crate::model::Decoder;
-use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use crate::model::generate::{GenerateOptions, Prompt, generate};
 use crate::model::layers::Mode;
+use crate::model::sampling::Sampling;
 use crate::response::response_logits;
 use crate::tokenizer::{Message, Tokenizer};
 use anyhow::{Context, Result, bail};

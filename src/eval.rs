@@ -5,8 +5,9 @@
 use crate::config::EvalSection;
 use crate::data::Sample;
 use crate::data::tokenize::{Lengths, tokenize_prompt};
-use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use crate::model::generate::{GenerateOptions, Prompt, generate};
 use crate::model::layers::Mode;
+use crate::model::sampling::Sampling;
 use crate::model::{Batch, Decoder};
 use crate::perplexity::score;
 use crate::reward::{Rule, check};

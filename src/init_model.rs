@@ -4,8 +4,8 @@
 //! smoke runs that must not download anything.
 
 use crate::model::config::{Arch, ModelConfig};
-use crate::model::load::save_hf_dir;
-use crate::model::weights::WeightSource;
+use crate::model::io::safetensors::WeightSource;
+use crate::model::io::save_hf_dir;
 use crate::model::{Decoder, Trainable};
 use crate::tokenizer::{Tokenizer, TokenizerMeta};
 use anyhow::{Result, bail};
@@ -246,7 +246,7 @@ mod tests {
         };
         let out = dir.path().join("m");
         assert_eq!(init_model(&spec, None, &out).unwrap().vocab_size, 300);
-        let loaded = crate::model::load::load(out.to_str().unwrap(), &Default::default()).unwrap();
+        let loaded = crate::model::io::load(out.to_str().unwrap(), &Default::default()).unwrap();
         assert_eq!(loaded.model.config.vocab_size, 300);
         spec.vocab_size = Some(100);
         let err = init_model(&spec, None, &dir.path().join("n")).unwrap_err();

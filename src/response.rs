@@ -3,8 +3,8 @@
 //! log-probabilities (SFT's NLL, GRPO's ratios and KL, perplexity, teacher-forced entropy).
 
 use crate::data::tokenize::Tokenized;
+use crate::model::kernels::token_log_probs::token_log_probs;
 use crate::model::layers::Mode;
-use crate::model::token_log_probs::token_log_probs;
 use crate::model::{Batch, Decoder};
 use anyhow::Result;
 use candle_core::{DType, Tensor};

@@ -8,7 +8,7 @@ use common::fixture_with_tokenizer;
 use edco::data::tokenize::Lengths;
 use edco::data::{Sample, parse_record};
 use edco::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
-use edco::model::load::{LoadOptions, Loaded, load};
+use edco::model::io::{LoadOptions, Loaded, load};
 
 fn setup() -> (tempfile::TempDir, Loaded, Vec<Sample>) {
     let dir = fixture_with_tokenizer("tiny-qwen3");
@@ -160,7 +160,7 @@ fn greedy_scores_do_not_depend_on_the_seed() {
     let (_d, m, samples) = setup();
     let cfg = EntropyConfig {
         horizon: Horizon::Prefix(5),
-        sampling: edco::model::generate::Sampling::Greedy,
+        sampling: edco::model::sampling::Sampling::Greedy,
         ..Default::default()
     };
     let a = run(

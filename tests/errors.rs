@@ -4,7 +4,7 @@ mod common;
 
 use common::tiny_model;
 use edco::model::config::Arch;
-use edco::model::load::{LoadOptions, load};
+use edco::model::io::{LoadOptions, load};
 
 fn load_err(spec: &str) -> String {
     match load(spec, &LoadOptions::default()) {
@@ -108,7 +108,7 @@ fn sharded_checkpoint_loads_and_missing_shard_is_named() {
     let dir = tiny_model(Arch::Llama, true, 0);
     let model = dir.path().join("model");
     let st = model.join("model.safetensors");
-    let whole = edco::model::weights::WeightSource::from_files(vec![st.clone()]).unwrap();
+    let whole = edco::model::io::safetensors::WeightSource::from_files(vec![st.clone()]).unwrap();
     let tensors = candle_core::safetensors::load(&st, &candle_core::Device::Cpu).unwrap();
     let mut names: Vec<String> = tensors.keys().cloned().collect();
     names.sort();
@@ -122,7 +122,7 @@ fn sharded_checkpoint_loads_and_missing_shard_is_named() {
             .iter()
             .map(|n| (n.clone(), tensors[n].clone()))
             .collect();
-        edco::model::weights::save_safetensors(&ts, &model.join(shard)).unwrap();
+        edco::model::io::safetensors::save_safetensors(&ts, &model.join(shard)).unwrap();
         for n in part {
             map.insert(n.clone(), shard.into());
         }

@@ -13,9 +13,10 @@ use edco::data::tokenize::Lengths;
 use edco::data::{Sample, parse_record};
 use edco::eval::Evaluator;
 use edco::model::Batch;
-use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use edco::model::generate::{GenerateOptions, Prompt, generate};
+use edco::model::io::{LoadOptions, load};
 use edco::model::layers::Mode;
-use edco::model::load::{LoadOptions, load};
+use edco::model::sampling::Sampling;
 use edco::reward::Rule;
 
 #[test]

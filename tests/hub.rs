@@ -5,7 +5,7 @@ mod common;
 
 use common::tiny_model;
 use edco::model::config::Arch;
-use edco::model::load::{LoadOptions, load};
+use edco::model::io::{LoadOptions, load};
 
 #[test]
 fn hub_ids_use_the_local_cache_offline() {

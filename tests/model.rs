@@ -9,11 +9,12 @@ use candle_core::{D, DType, Device, Tensor};
 use common::{fixture, max_abs_diff};
 use edco::init_model::byte_tokenizer;
 use edco::model::config::ModelConfig;
-use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use edco::model::generate::{GenerateOptions, Prompt, generate};
+use edco::model::io::safetensors::WeightSource;
+use edco::model::io::save_hf_dir;
 use edco::model::layers::Mode;
-use edco::model::load::save_hf_dir;
 use edco::model::lora::{self, LoraConfig};
-use edco::model::weights::WeightSource;
+use edco::model::sampling::Sampling;
 use edco::model::{Batch, Decoder, Trainable};
 
 const ARCHS: [&str; 2] = ["tiny-qwen3", "tiny-llama3"];

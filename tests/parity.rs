@@ -10,8 +10,8 @@ mod common;
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use common::{asset, fixture, max_abs_diff};
 use edco::model::config::ModelConfig;
+use edco::model::io::safetensors::WeightSource;
 use edco::model::layers::Mode;
-use edco::model::weights::WeightSource;
 use edco::model::{Batch, Decoder, Trainable};
 use edco::tokenizer::{Message, Tokenizer, TokenizerMeta, render_chat_template};
 use serde_json::Value;
@@ -215,7 +215,7 @@ fn qwen3_tokenizer_and_chat_template_match_transformers() {
 fn smollm2_gguf_tokenizer_matches_transformers() {
     let refs = references();
     let s = &refs["tokenizers"]["smollm2_gguf"];
-    let g = edco::model::gguf::load(
+    let g = edco::model::io::gguf::load(
         &asset("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
         DType::F32,
     )
@@ -260,7 +260,8 @@ fn llama3_chat_template_matches_transformers() {
 /// logits, to 1e-4.
 #[test]
 fn greedy_generation_entropies_match_transformers() {
-    use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+    use edco::model::generate::{GenerateOptions, Prompt, generate};
+    use edco::model::sampling::Sampling;
     for name in ["tiny-qwen3", "tiny-llama3"] {
         let g =
             candle_core::safetensors::load(fixture(name).join("greedy.safetensors"), &Device::Cpu)

@@ -9,8 +9,8 @@ use edco::data::parse_record;
 use edco::data::tokenize::{Lengths, tokenize_pair};
 use edco::model::Batch;
 use edco::model::config::Arch;
+use edco::model::io::{LoadOptions, load};
 use edco::model::layers::Mode;
-use edco::model::load::{LoadOptions, load};
 use edco::perplexity::score;
 
 #[test]

@@ -3,8 +3,9 @@
 
 mod common;
 
-use edco::model::generate::{GenerateOptions, Prompt, Sampling, generate};
-use edco::model::load::{LoadOptions, load};
+use edco::model::generate::{GenerateOptions, Prompt, generate};
+use edco::model::io::{LoadOptions, load};
+use edco::model::sampling::Sampling;
 use edco::tokenizer::Message;
 
 #[test]

@@ -198,9 +198,9 @@ fn top_ids(path: &Path, n: usize, descending: bool) -> Vec<String> {
 fn static_and_random_strategies_select_what_they_claim() {
     use edco::config::Strategy;
     let model = fixture_with_tokenizer("tiny-qwen3");
-    let loaded = edco::model::load::load(
+    let loaded = edco::model::io::load(
         model.path().to_str().unwrap(),
-        &edco::model::load::LoadOptions::default(),
+        &edco::model::io::LoadOptions::default(),
     )
     .unwrap();
     let run_with = |strategy: Strategy, dir: &Path| {
@@ -645,8 +645,10 @@ fn a_selection_larger_than_the_pool_is_refused() {
 #[test]
 fn grpo_raises_reward_on_a_toy_task() {
     use candle_core::{DType, Device};
-    use edco::model::generate::{Prompt, Sampling};
-    use edco::model::{Decoder, Trainable, config::ModelConfig, weights::WeightSource};
+    use edco::model::generate::Prompt;
+    use edco::model::io::safetensors::WeightSource;
+    use edco::model::sampling::Sampling;
+    use edco::model::{Decoder, Trainable, config::ModelConfig};
     use edco::trainer::grpo::{GrpoParams, rollout, train_on};
     use edco::trainer::optim::{AdamW, AdamWParams};
 

@@ -4,36 +4,11 @@
 //! and per generated position the exact full-vocabulary entropy and the chosen token's
 //! log-probability, both from the raw logits (before temperature and top-p).
 
+use super::sampling::{Sampling, row_stats, sample};
 use super::{Batch, Decoder, LayerCache};
 use candle_core::{DType, IndexOp, Result, Tensor};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use rayon::prelude::*;
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampling {
-    Greedy,
-    /// `top_k = 0` and `top_p = 1.0` disable those filters.
-    Sample {
-        temperature: f64,
-        top_p: f64,
-        top_k: usize,
-    },
-}
-
-impl Sampling {
-    /// Greedy, or sampling with these settings: how configs and flags spell it.
-    pub fn new(greedy: bool, temperature: f64, top_p: f64, top_k: usize) -> Self {
-        if greedy {
-            Sampling::Greedy
-        } else {
-            Sampling::Sample {
-                temperature,
-                top_p,
-                top_k,
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct GenerateOptions {
@@ -65,91 +40,6 @@ pub struct Generation {
     /// Whether an EOS token ended it (it is included in `tokens`).
     pub finished: bool,
     pub log_probs: Option<Vec<Vec<f32>>>,
-}
-
-/// Log-partition, entropy and log-softmax helpers over one row of raw logits.
-pub struct RowStats {
-    pub log_z: f32,
-    pub entropy: f32,
-}
-
-pub fn row_stats(logits: &[f32]) -> RowStats {
-    let max = super::cpu_exp::max(logits);
-    let (sum, weighted) = super::cpu_exp::exp_moments(logits, max);
-    let log_z = max as f64 + sum.ln();
-    // H = log Z - E_p[x]
-    let entropy = sum.ln() - weighted / sum;
-    RowStats {
-        log_z: log_z as f32,
-        entropy: entropy.max(0.0) as f32,
-    }
-}
-
-/// Picks the next token from raw logits.
-pub fn sample(logits: &[f32], sampling: Sampling, rng: &mut StdRng) -> u32 {
-    let argmax = || {
-        let mut best = 0;
-        for (i, &x) in logits.iter().enumerate() {
-            if x > logits[best] {
-                best = i;
-            }
-        }
-        best as u32
-    };
-    let (temperature, top_p, top_k) = match sampling {
-        Sampling::Greedy => return argmax(),
-        Sampling::Sample { temperature, .. } if temperature <= 0.0 => return argmax(),
-        Sampling::Sample {
-            temperature,
-            top_p,
-            top_k,
-        } => (temperature as f32, top_p as f32, top_k),
-    };
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    // Unnormalised probabilities after temperature.
-    let mut cand: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (i as u32, ((x - max) / temperature).exp()))
-        .collect();
-    let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if top_k > 0 && top_k < cand.len() {
-        cand.select_nth_unstable_by(top_k - 1, by_prob);
-        cand.truncate(top_k);
-    }
-    if top_p < 1.0 {
-        let total: f32 = cand.iter().map(|c| c.1).sum();
-        // Most of the mass usually sits in a few hundred tokens: sort those first.
-        let head = 512.min(cand.len());
-        cand.select_nth_unstable_by(head - 1, by_prob);
-        cand[..head].sort_unstable_by(by_prob);
-        if cand[..head].iter().map(|c| c.1).sum::<f32>() < top_p * total {
-            cand.sort_unstable_by(by_prob);
-        }
-        // Keep the smallest prefix whose mass reaches top_p (always at least one token).
-        let mut acc = 0f32;
-        let mut keep = cand.len();
-        for (i, c) in cand.iter().enumerate() {
-            if acc >= top_p * total {
-                keep = i;
-                break;
-            }
-            acc += c.1;
-        }
-        cand.truncate(keep.max(1));
-    }
-    // Walk the kept tokens in id order, so the pick depends on the probabilities, not on how
-    // near-equal ones happened to sort.
-    cand.sort_unstable_by_key(|c| c.0);
-    let total: f32 = cand.iter().map(|c| c.1).sum();
-    let mut u = rng.random::<f32>() * total;
-    for &(id, p) in &cand {
-        if u < p {
-            return id;
-        }
-        u -= p;
-    }
-    cand.last().map_or(0, |c| c.0)
 }
 
 /// Generates `samples_per_prompt` completions for every prompt, prompt-major: completion `k` of
@@ -311,72 +201,4 @@ fn prefill(model: &Decoder, batch: &Batch) -> Result<(Tensor, Vec<LayerCache>)> 
 /// Keeps (or repeats) the batch rows `idx` of every layer's cache.
 fn select_rows(caches: &mut [LayerCache], idx: &Tensor) -> Result<()> {
     caches.iter_mut().try_for_each(|c| c.select_rows(idx))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entropy_of_uniform_is_ln_v_and_of_one_hot_is_zero() {
-        let v = 1000;
-        let s = row_stats(&vec![0.5f32; v]);
-        assert!((s.entropy - (v as f32).ln()).abs() < 1e-4, "{}", s.entropy);
-        let mut one_hot = vec![-1e4f32; v];
-        one_hot[3] = 0.0;
-        assert!(row_stats(&one_hot).entropy.abs() < 1e-6);
-    }
-
-    #[test]
-    fn greedy_takes_the_first_maximum() {
-        let mut rng = StdRng::seed_from_u64(0);
-        assert_eq!(sample(&[0.0, 2.0, 2.0, 1.0], Sampling::Greedy, &mut rng), 1);
-    }
-
-    #[test]
-    fn top_k_one_and_tiny_top_p_are_greedy() {
-        let mut rng = StdRng::seed_from_u64(0);
-        let logits: Vec<f32> = (0..2000)
-            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
-            .collect();
-        let best = sample(&logits, Sampling::Greedy, &mut rng);
-        for _ in 0..20 {
-            let k1 = Sampling::Sample {
-                temperature: 1.0,
-                top_p: 1.0,
-                top_k: 1,
-            };
-            assert_eq!(sample(&logits, k1, &mut rng), best);
-            let p0 = Sampling::Sample {
-                temperature: 1.0,
-                top_p: 1e-6,
-                top_k: 0,
-            };
-            assert_eq!(sample(&logits, p0, &mut rng), best);
-        }
-    }
-
-    #[test]
-    fn sampling_follows_the_distribution() {
-        // p = softmax([ln 1, ln 3]) = [0.25, 0.75]
-        let logits = [0f32, 3f32.ln()];
-        let mut rng = StdRng::seed_from_u64(42);
-        let s = Sampling::Sample {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-        };
-        let ones = (0..20_000)
-            .filter(|_| sample(&logits, s, &mut rng) == 1)
-            .count();
-        let frac = ones as f64 / 20_000.0;
-        assert!((frac - 0.75).abs() < 0.015, "{frac}");
-        // top_p 0.7 keeps only the 0.75 token.
-        let s = Sampling::Sample {
-            temperature: 1.0,
-            top_p: 0.7,
-            top_k: 0,
-        };
-        assert!((0..200).all(|_| sample(&logits, s, &mut rng) == 1));
-    }
 }

@@ -3,12 +3,10 @@
 //! uses those fused kernels, which agree with the composed ops to ~1e-6.
 //! Maths and parameter names follow transformers' `modeling_llama.py` / `modeling_qwen3.py`.
 
+use super::kernels::decode::PackedCache;
+use super::products::{linear, matmul, on_cpu_f32, project};
 use candle_core::{D, DType, Result, Tensor};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
-use std::sync::Arc;
-
-pub use super::cpu_decode::PackedCache;
-use super::cpu_decode::PackedWeight;
 
 /// Where a forward pass runs. Only `Train` builds a graph that gradients flow through: the
 /// other modes use candle's fused RMSNorm, RoPE and softmax kernels, which are faster and carry
@@ -50,297 +48,6 @@ pub struct LoraAdapter {
     pub dropout: f32,
 }
 
-/// A frozen weight (out, in) laid out for `x @ W^T` on the CPU: the same logical tensor, a
-/// transposed view over an (in, out) contiguous buffer. The CPU matmul then reads W^T as it is
-/// instead of repacking (transposing) the whole weight on every call, which dominated decoding,
-/// where each call multiplies only a few rows. Other devices keep the layout they were given.
-pub fn matmul_layout(weight: &Tensor) -> Result<Tensor> {
-    if !weight.device().is_cpu() || weight.rank() != 2 {
-        return Ok(weight.clone());
-    }
-    weight.t()?.contiguous()?.t()
-}
-
-/// `x @ W^T (+ b)`. When a gradient flows back through `x` but not into the weight (a frozen
-/// f32 weight on the CPU: LoRA's base, the frozen head), the backward computes only `x`'s
-/// gradient; candle's matmul backward would also compute the weight's, a third of a linear
-/// layer's training FLOPs, and throw it away. A product of a few rows against such a weight (a
-/// decoding step) runs on the weight packed in `packed` (see `cpu_decode`). A trainable f32
-/// weight on the CPU gets its gradient in its own layout (see [`TrainableMatmul`]).
-pub fn linear(
-    x: &Tensor,
-    weight: &Tensor,
-    bias: Option<&Tensor>,
-    packed: &PackedCache,
-) -> Result<Tensor> {
-    let frozen = on_cpu_f32(x)
-        && !weight.track_op()
-        && weight.device().is_cpu()
-        && weight.dtype() == DType::F32;
-    let rows = x.elem_count() / weight.dim(1)?.max(1);
-    let packed = if frozen {
-        packed.get(weight, rows)?
-    } else {
-        None
-    };
-    let trainable = on_cpu_f32(x)
-        && weight.track_op()
-        && weight.device().is_cpu()
-        && weight.dtype() == DType::F32
-        && weight.is_contiguous();
-    let y = if frozen && (x.track_op() || packed.is_some()) {
-        x.contiguous()?.apply_op1(FrozenMatmul {
-            wt: weight.t()?.contiguous()?,
-            packed,
-        })?
-    } else if trainable {
-        x.contiguous()?.apply_op2(weight, TrainableMatmul)?
-    } else {
-        project(x, weight)?
-    };
-    match bias {
-        Some(b) => y.broadcast_add(b),
-        None => Ok(y),
-    }
-}
-
-/// `x @ W^T` for `x` (..., in) and `weight` (out, in) with candle's ops: `x` is made contiguous
-/// and flattened to rows first, because CUDA's product takes rows only at one stride (a view
-/// such as the last position of every row of a batch is refused there, though the CPU's
-/// product takes it).
-fn project(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let (out, inp) = weight.dims2()?;
-    let mut dims = x.dims().to_vec();
-    let rows = x.elem_count() / inp.max(1);
-    let y = matmul(&x.contiguous()?.reshape((rows, inp))?, &weight.t()?)?;
-    if let Some(last) = dims.last_mut() {
-        *last = out;
-    }
-    y.reshape(dims)
-}
-
-/// candle's matrix product, on operands laid out as CUDA's product takes them: an operand that
-/// is not (see [`cuda_gemm_accepts`]; the CPU's product takes more) is copied contiguous first.
-/// In the unit tests, and wherever `EDCO_CUDA_LAYOUT_CHECK=1` is set (the test script sets it),
-/// such a product is an error instead, so that every layout the model produces is held to
-/// CUDA's rules on the CPU.
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    let (a_ok, b_ok) = cuda_gemm_operands(a, b);
-    if a_ok && b_ok {
-        return a.matmul(b);
-    }
-    if strict_cuda_layouts() {
-        candle_core::bail!(
-            "a matrix product CUDA refuses (EDCO_CUDA_LAYOUT_CHECK): {:?} strides {:?} x {:?} strides {:?}",
-            a.dims(),
-            a.stride(),
-            b.dims(),
-            b.stride()
-        );
-    }
-    let fix = |x: &Tensor, ok: bool| if ok { Ok(x.clone()) } else { x.contiguous() };
-    fix(a, a_ok)?.matmul(&fix(b, b_ok)?)
-}
-
-/// Whether a product CUDA would refuse is an error (see [`matmul`]).
-fn strict_cuda_layouts() -> bool {
-    static STRICT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    cfg!(test)
-        || *STRICT.get_or_init(|| std::env::var("EDCO_CUDA_LAYOUT_CHECK").is_ok_and(|v| v == "1"))
-}
-
-/// Whether candle's CUDA matmul (cuBLAS strided batched gemm) accepts these operands' layouts.
-pub fn cuda_gemm_accepts(lhs: &Tensor, rhs: &Tensor) -> bool {
-    let (l, r) = cuda_gemm_operands(lhs, rhs);
-    l && r
-}
-
-/// Whether each operand's layout passes the rules of `gemm_config` in candle-core's CUDA
-/// backend (0.11), restated: a row-major or transposed matrix, and batches one stride apart. A
-/// contiguous operand always does. Products with nothing to compute, which candle returns
-/// before looking at layouts, pass; operands of different ranks do not.
-fn cuda_gemm_operands(lhs: &Tensor, rhs: &Tensor) -> (bool, bool) {
-    let (ld, rd) = (lhs.dims(), rhs.dims());
-    let (ls, rs) = (lhs.stride(), rhs.stride());
-    let r = ld.len();
-    if r < 2 || rd.len() != r {
-        return (false, false);
-    }
-    let (m, k, n) = (ld[r - 2], ld[r - 1], rd[r - 1]);
-    if m * n == 0 || k == 0 {
-        return (true, true);
-    }
-    let (rhs_m1, rhs_m2, lhs_m1, lhs_m2) = (rs[r - 1], rs[r - 2], ls[r - 1], ls[r - 2]);
-    let rhs_ok = ((rhs_m1 == 1 || n == 1) && (rhs_m2 == n || k == 1))
-        || ((rhs_m1 == k || n == 1) && (rhs_m2 == 1 || k == 1));
-    let lhs_ok = ((lhs_m1 == 1 || k == 1) && (lhs_m2 == k || m == 1))
-        || ((lhs_m1 == m || k == 1) && (lhs_m2 == 1 || m == 1));
-    let batch_ok = |dims: &[usize], strides: &[usize]| match strides[..r - 2] {
-        [s1, stride] => s1 == stride * dims[1] || dims[0] == 1 || dims[1] == 1,
-        [_] | [] => true,
-        _ => false,
-    };
-    (lhs_ok && batch_ok(ld, ls), rhs_ok && batch_ok(rd, rs))
-}
-
-/// The products of a few rows against projections that read the same input (a layer's query,
-/// key and value; gate and up), as one call on their weights packed together in `packed`: one
-/// parallel dispatch and one stream through the weights instead of one per projection. `None`
-/// where that does not apply, and the caller runs each projection: a graph to differentiate,
-/// adapters, a weight that is trainable or not CPU f32, more rows than the packed kernel takes,
-/// a CPU without it. Each output is what [`linear`] gives for its projection, bit for bit
-/// (the same kernel, the same order of additions).
-pub fn grouped_products(
-    x: &Tensor,
-    linears: &[&Linear],
-    packed: &PackedCache,
-) -> Result<Option<Vec<Tensor>>> {
-    // With adapters, even switched off (`BaseOnly`), the projections keep their own packed
-    // weights: a second, grouped copy would double that memory.
-    if x.track_op() || !on_cpu_f32(x) || linears.iter().any(|l| l.lora.is_some()) {
-        return Ok(None);
-    }
-    let k = x.dim(D::Minus1)?;
-    let rows = x.elem_count() / k.max(1);
-    let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
-    let Some(p) = packed.get_group(&weights, rows)? else {
-        return Ok(None);
-    };
-    let n = p.out_features();
-    let x = x.contiguous()?;
-    let mut out = vec![0f32; rows * n];
-    super::cpu_lora::with_f32(&x, ("grouped products", "the input"), |xs| {
-        p.matmul(&mut out, xs, rows)
-    })?;
-    let mut dims = x.dims().to_vec();
-    *dims.last_mut().expect("an input axis") = n;
-    let y = Tensor::from_vec(out, dims, x.device())?;
-    let mut start = 0;
-    linears
-        .iter()
-        .map(|l| {
-            let width = l.weight.dim(0)?;
-            let part = y.narrow(D::Minus1, start, width)?;
-            start += width;
-            match &l.bias {
-                Some(b) => part.broadcast_add(b),
-                None => part.contiguous(),
-            }
-        })
-        .collect::<Result<Vec<_>>>()
-        .map(Some)
-}
-
-/// `x @ wt` over the last axis of `x`, with a backward for `x` only.
-struct FrozenMatmul {
-    /// (in, out), contiguous.
-    wt: Tensor,
-    /// The same weight packed for a few rows, when the product has that few.
-    packed: Option<Arc<PackedWeight>>,
-}
-
-impl candle_core::CustomOp1 for FrozenMatmul {
-    fn name(&self) -> &'static str {
-        "frozen-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::cpu_lora::frozen_product;
-        let (k, n) = self.wt.dims2()?;
-        let dims = layout.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("frozen-matmul: input {:?} against weight ({k}, {n})", dims);
-        }
-        let x = super::cpu_attention::cpu_f32(storage, layout, "frozen-matmul", "the input")?;
-        let out = frozen_product(x, &self.wt, self.packed.as_deref(), "frozen-matmul")?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("checked above") = n;
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from(shape),
-        ))
-    }
-
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (k, n) = self.wt.dims2()?;
-        let m = arg.elem_count() / k.max(1);
-        let grad = grad_res
-            .reshape((m, n))?
-            .matmul(&self.wt.t()?)?
-            .reshape(arg.shape())?;
-        Ok(Some(grad))
-    }
-}
-
-/// `x @ W^T` over the last axis of `x` for a trainable weight W (out, in), contiguous. candle's
-/// product differentiates through the view `W.t()`, so W's gradient arrives as a transposed
-/// view of an (in, out) buffer and is then copied element by element into W's layout (about 5%
-/// of a full fine-tuning step on SmolLM2-135M); here the backward computes `dW = g^T x` as
-/// (out, in) directly.
-struct TrainableMatmul;
-
-impl candle_core::CustomOp2 for TrainableMatmul {
-    fn name(&self) -> &'static str {
-        "trainable-matmul"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &candle_core::CpuStorage,
-        xl: &candle_core::Layout,
-        ws: &candle_core::CpuStorage,
-        wl: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use super::cpu_attention::cpu_f32;
-        use super::cpu_lora::{Mat, gemm_into, written};
-        let (n, k) = wl.shape().dims2()?;
-        let dims = xl.shape().dims();
-        if dims.last() != Some(&k) {
-            candle_core::bail!("trainable-matmul: input {dims:?} against weight ({n}, {k})");
-        }
-        let x = cpu_f32(xs, xl, "trainable-matmul", "the input")?;
-        let w = cpu_f32(ws, wl, "trainable-matmul", "the weight")?;
-        let m = x.len() / k.max(1);
-        // SAFETY: gemm_into writes every value.
-        let out = unsafe {
-            written(m * n, |out| {
-                gemm_into(out, Mat::rows(x, m, k), Mat::rows(w, n, k).t(), 1.0)
-            })?
-        };
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("checked above") = n;
-        Ok((
-            candle_core::CpuStorage::F32(out),
-            candle_core::Shape::from(shape),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, k) = w.dims2()?;
-        let m = x.elem_count() / k.max(1);
-        let g = grad.reshape((m, n))?;
-        // Detached: W and x track the graph, so these products would otherwise record ops that
-        // keep g alive for as long as the gradients are (an output gradient per projection).
-        let dx = if x.track_op() {
-            Some(g.matmul(w)?.reshape(x.shape())?.detach())
-        } else {
-            None
-        };
-        let dw = g.t()?.matmul(&x.reshape((m, k))?)?.detach();
-        Ok((dx, Some(dw)))
-    }
-}
-
 /// A projection with an optional bias and an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct Linear {
@@ -374,8 +81,9 @@ impl Linear {
             let wt = self.weight.t()?;
             let k = self.weight.dim(1)?;
             let packed = self.packed.get(&self.weight, x.elem_count() / k.max(1))?;
-            let y =
-                super::cpu_lora::lora_linear(x, &wt, &lora.a, &lora.b, lora.scale, mask, packed)?;
+            let y = super::kernels::lora::lora_linear(
+                x, &wt, &lora.a, &lora.b, lora.scale, mask, packed,
+            )?;
             return match &self.bias {
                 Some(b) => y.broadcast_add(b),
                 None => Ok(y),
@@ -434,11 +142,6 @@ fn dropout_mask(n: usize, p: f32, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Whether `x` takes the CPU f32 training kernels.
-fn on_cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
-}
-
 /// RMSNorm as transformers computes it, in f32: `w * (x / sqrt(mean(x^2) + eps))`. Training on
 /// the CPU in f32 uses one op with its own backward; elsewhere it is composed.
 #[derive(Debug, Clone)]
@@ -453,7 +156,7 @@ impl RmsNorm {
             return candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps as f32);
         }
         if on_cpu_f32(x) && self.weight.dtype() == DType::F32 {
-            return super::cpu_norm_rope::rms_norm(x, &self.weight, self.eps);
+            return super::kernels::norm_rope::rms_norm(x, &self.weight, self.eps);
         }
         self.composed(x)
     }
@@ -516,7 +219,7 @@ impl Rope {
             );
         }
         if on_cpu_f32(x) && self.cos_half.dtype() == DType::F32 {
-            return super::cpu_norm_rope::rope_thd(x, &self.cos_half, &self.sin_half);
+            return super::kernels::norm_rope::rope_thd(x, &self.cos_half, &self.sin_half);
         }
         self.apply_thd_composed(x)
     }
@@ -607,6 +310,54 @@ pub fn causal_mask(
     Tensor::from_vec(data, (b, 1, tq, tk), device)
 }
 
+/// The products of a few rows against projections that read the same input (a layer's query,
+/// key and value; gate and up), as one call on their weights packed together in `packed`: one
+/// parallel dispatch and one stream through the weights instead of one per projection. `None`
+/// where that does not apply, and the caller runs each projection: a graph to differentiate,
+/// adapters, a weight that is trainable or not CPU f32, more rows than the packed kernel takes,
+/// a CPU without it. Each output is what [`linear`] gives for its projection, bit for bit
+/// (the same kernel, the same order of additions).
+pub fn grouped_products(
+    x: &Tensor,
+    linears: &[&Linear],
+    packed: &PackedCache,
+) -> Result<Option<Vec<Tensor>>> {
+    // With adapters, even switched off (`BaseOnly`), the projections keep their own packed
+    // weights: a second, grouped copy would double that memory.
+    if x.track_op() || !on_cpu_f32(x) || linears.iter().any(|l| l.lora.is_some()) {
+        return Ok(None);
+    }
+    let k = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / k.max(1);
+    let weights: Vec<&Tensor> = linears.iter().map(|l| &l.weight).collect();
+    let Some(p) = packed.get_group(&weights, rows)? else {
+        return Ok(None);
+    };
+    let n = p.out_features();
+    let x = x.contiguous()?;
+    let mut out = vec![0f32; rows * n];
+    super::kernels::storage::with_f32(&x, ("grouped products", "the input"), |xs| {
+        p.matmul(&mut out, xs, rows)
+    })?;
+    let mut dims = x.dims().to_vec();
+    *dims.last_mut().expect("an input axis") = n;
+    let y = Tensor::from_vec(out, dims, x.device())?;
+    let mut start = 0;
+    linears
+        .iter()
+        .map(|l| {
+            let width = l.weight.dim(0)?;
+            let part = y.narrow(D::Minus1, start, width)?;
+            start += width;
+            match &l.bias {
+                Some(b) => part.broadcast_add(b),
+                None => part.contiguous(),
+            }
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
 /// SwiGLU feed-forward: `down(silu(gate(x)) * up(x))`.
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -629,20 +380,19 @@ impl Mlp {
         };
         // On the CPU in f32 the product is one op (one pass each way).
         let h = if on_cpu_f32(&gate) {
-            super::cpu_swiglu::swiglu(&gate, &up)?
+            super::kernels::swiglu::swiglu(&gate, &up)?
         } else {
             (gate.silu()? * up)?
         };
         self.down_proj.forward(&h, mode)
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::cpu_decode::{MAX_ROWS, kernel_available};
-    use crate::model::testing::value_and_grad_diffs;
-    use candle_core::{Device, Module, Var};
+    use crate::model::kernels::decode::{MAX_ROWS, kernel_available};
+    use crate::model::products::matmul_layout;
+    use candle_core::{Device, Var};
 
     #[test]
     fn composed_rms_norm_matches_candle_fused_op() {
@@ -690,45 +440,6 @@ mod tests {
         assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
     }
 
-    #[test]
-    fn cuda_product_layouts_are_told_apart() {
-        let dev = candle_core::Device::Cpu;
-        let (n, t, h, out) = (3, 5, 8, 4);
-        let hidden = Tensor::zeros((n, t, h), DType::F32, &dev).unwrap();
-        let w = Tensor::zeros((out, h), DType::F32, &dev).unwrap();
-        // The last position of every row: rows t * h apart, which cuBLAS cannot take.
-        let last = hidden.narrow(1, t - 1, 1).unwrap().squeeze(1).unwrap();
-        assert!(!cuda_gemm_accepts(&last, &w.t().unwrap()));
-        assert!(cuda_gemm_accepts(
-            &last.contiguous().unwrap(),
-            &w.t().unwrap()
-        ));
-        // One row alone, and a transposed right-hand side, are fine.
-        let one = hidden
-            .narrow(0, 0, 1)
-            .unwrap()
-            .narrow(1, t - 1, 1)
-            .unwrap()
-            .squeeze(1)
-            .unwrap();
-        assert!(cuda_gemm_accepts(&one, &w.t().unwrap()));
-        // Batched: keys with room after each (row, head) matrix, but not a time-major view.
-        let q = Tensor::zeros((2, 4, 1, h), DType::F32, &dev).unwrap();
-        let room = Tensor::zeros((2, 4, 9, h), DType::F32, &dev).unwrap();
-        let k = room.narrow(2, 0, t).unwrap();
-        assert!(cuda_gemm_accepts(&q, &k.t().unwrap()));
-        let time_major = Tensor::zeros((2, t, 4, h), DType::F32, &dev)
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap();
-        assert!(!cuda_gemm_accepts(&q, &time_major.t().unwrap()));
-        // A projection of such rows makes them contiguous first.
-        let y = project(&last, &w).unwrap();
-        assert_eq!(y.dims(), [n, out]);
-    }
-
-    /// A cache's view with room after each row is read in place; a transposed view is copied;
-    /// either way attention gives what it gives on contiguous keys and values.
     #[test]
     fn attention_reads_cache_views_in_place_and_copies_other_layouts() {
         let dev = candle_core::Device::Cpu;
@@ -858,74 +569,6 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-    }
-
-    #[test]
-    fn frozen_linear_matches_matmul_and_its_input_gradient() {
-        let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (6, 5), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
-        let max_diff = |a: &Tensor, b: &Tensor| {
-            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
-            d.max(0).unwrap().to_scalar::<f32>().unwrap()
-        };
-        // The reference: candle's own Linear over a trainable copy of the weight.
-        let trainable = Var::from_tensor(&w).unwrap();
-        let reference = candle_nn::Linear::new(trainable.as_tensor().clone(), Some(b.clone()));
-        // A few rows (the packed kernel, where the CPU has one) and more than it takes.
-        for rows in [3, MAX_ROWS + 1] {
-            let x = Var::randn(0f32, 1.0, (2, rows, 5), &dev).unwrap();
-            for weight in [w.clone(), matmul_layout(&w).unwrap()] {
-                let packed = PackedCache::default();
-                let ours = linear(x.as_tensor(), &weight, Some(&b), &packed).unwrap();
-                assert_eq!(packed.is_packed(), rows <= MAX_ROWS && kernel_available());
-                let plain = reference.forward(x.as_tensor()).unwrap();
-                assert!(max_diff(&ours, &plain) < 1e-5);
-                // A loss that weighs every output differently, so a wrong gradient shows.
-                let weights = Tensor::randn(0f32, 1.0, (2, rows, 6), &dev).unwrap();
-                let loss = |y: &Tensor| (y * &weights).unwrap().sum_all().unwrap();
-                let g_ours = loss(&ours).backward().unwrap();
-                let g_plain = loss(&plain).backward().unwrap();
-                let (a, b) = (g_ours.get(&x).unwrap(), g_plain.get(&x).unwrap());
-                assert!(max_diff(a, b) < 1e-5);
-                // The frozen weight gets no gradient at all.
-                assert!(g_ours.get(&weight).is_none());
-            }
-        }
-    }
-
-    #[test]
-    fn trainable_linear_matches_candle_in_values_and_both_gradients() {
-        let dev = Device::Cpu;
-        let w = Var::randn(0f32, 1.0, (6, 5), &dev).unwrap();
-        let b = Tensor::randn(0f32, 1.0, 6, &dev).unwrap();
-        let x = Var::randn(0f32, 1.0, (2, 7, 5), &dev).unwrap();
-        let ours = x.apply_op2(w.as_tensor(), TrainableMatmul).unwrap();
-        let theirs = candle_nn::Linear::new(w.as_tensor().clone(), None)
-            .forward(x.as_tensor())
-            .unwrap();
-        let g = Tensor::randn(0f32, 1.0, (2, 7, 6), &dev).unwrap();
-        let (value, grads) = value_and_grad_diffs(&ours, &theirs, &g, &[&x, &w]);
-        assert!(value < 1e-5, "values differ by {value}");
-        assert!(
-            grads.iter().all(|&d| d < 1e-5),
-            "gradients differ by {grads:?}"
-        );
-        // Through `linear`, with a bias; an input that needs no gradient gets none.
-        let frozen_x = Tensor::randn(0f32, 1.0, (3, 5), &dev).unwrap();
-        let y = linear(&frozen_x, w.as_tensor(), Some(&b), &PackedCache::default()).unwrap();
-        let reference = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.clone()))
-            .forward(&frozen_x)
-            .unwrap();
-        let g = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
-        let (value, grads) = value_and_grad_diffs(&y, &reference, &g, &[&w]);
-        assert!(value < 1e-5 && grads[0] < 1e-5, "{value} {grads:?}");
-        let store = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
-        assert!(store.get(&frozen_x).is_none());
-        let dw = store.get(&w).unwrap();
-        assert!(dw.is_contiguous() && dw.dims() == [6, 5]);
-        // A stored gradient records no op: one would keep the output gradient alive with it.
-        assert!(!dw.track_op());
     }
 
     #[test]

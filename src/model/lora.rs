@@ -3,8 +3,8 @@
 //! `peft` loads what edco saves and the other way round. Init follows PEFT: A ~ kaiming-uniform
 //! (a = sqrt 5), B = 0, scale = alpha / r (alpha / sqrt r with rsLoRA).
 
+use super::io::safetensors::{WeightSource, save_safetensors};
 use super::layers::LoraAdapter;
-use super::weights::{WeightSource, save_safetensors};
 use super::{Decoder, Trainable};
 use crate::atomic_file::write_atomic;
 use anyhow::{Context, Result, bail};
@@ -283,7 +283,7 @@ pub fn load_adapter(model: &mut Decoder, dir: &Path) -> Result<()> {
 /// the result is a plain model that saves as a Hugging Face directory.
 pub fn merge(model: &mut Decoder) -> Result<()> {
     for (_, lin) in model.linears_mut() {
-        lin.weight = super::layers::matmul_layout(&lin.merged_weight()?)?;
+        lin.weight = super::products::matmul_layout(&lin.merged_weight()?)?;
         lin.lora = None;
         // A packed copy of the old weight is of no more use.
         lin.packed = Default::default();

@@ -11,8 +11,9 @@
 use super::optim::{AdamW, GradAccumulator};
 use crate::data::tokenize::Tokenized;
 use crate::model::Decoder;
-use crate::model::generate::{GenerateOptions, Prompt, Sampling, generate};
+use crate::model::generate::{GenerateOptions, Prompt, generate};
 use crate::model::layers::Mode;
+use crate::model::sampling::Sampling;
 use crate::response::response_token_log_probs;
 use anyhow::Result;
 use candle_core::Tensor;

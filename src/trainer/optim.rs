@@ -4,7 +4,7 @@
 //! candle's own AdamW has no parameter groups, no clipping and no state access.
 
 use crate::config::Schedule;
-use crate::model::weights::{WeightSource, save_safetensors};
+use crate::model::io::safetensors::{WeightSource, save_safetensors};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
@@ -167,7 +167,7 @@ mod in_place {
     }
 
     fn slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-        crate::model::cpu_attention::cpu_f32(s, l, "adamw", what)
+        crate::model::kernels::storage::cpu_f32(s, l, "adamw", what)
     }
 
     fn slice_mut<'a>(s: &'a mut CpuStorage, l: &Layout, what: &str) -> Result<&'a mut [f32]> {

@@ -14,7 +14,7 @@
 //! Built for AVX-512 and for AVX2 with FMA, chosen at run time; other CPUs keep the general
 //! matmul.
 
-use super::cpu_attention::Out;
+use super::storage::{Out, with_f32};
 use candle_core::{DType, Result, Tensor, TensorId};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -125,7 +125,7 @@ impl PackedWeight {
             // W^T (k, n) row-major, what a panel reads row by row: read in place when the weight
             // is stored so (`layers::matmul_layout`), copied once otherwise.
             let wt = w.t()?.contiguous()?;
-            super::cpu_lora::with_f32(&wt, ("packed matmul", "the weight"), |wt| {
+            with_f32(&wt, ("packed matmul", "the weight"), |wt| {
                 mine.par_chunks_mut(k * PANEL)
                     .enumerate()
                     .for_each(|(p, panel)| {

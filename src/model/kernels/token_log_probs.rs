@@ -5,8 +5,8 @@
 //! op reads the logits once forward and writes one (N, V) gradient backward:
 //! d/dx = g * (onehot(target) - softmax(x)). Elsewhere it is the composed form.
 
-use super::cpu_exp;
-use super::cpu_lora::{assume_written, written};
+use super::exp;
+use super::storage::{assume_written, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, D, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -54,8 +54,8 @@ fn rows_and_targets<'a>(
 
 /// log Z of one row of logits.
 fn log_partition(row: &[f32]) -> f32 {
-    let max = cpu_exp::max(row);
-    max + cpu_exp::sum_exp(row, max).ln() as f32
+    let max = exp::max(row);
+    max + exp::sum_exp(row, max).ln() as f32
 }
 
 impl CustomOp2 for TokenLogProbs {
@@ -129,7 +129,7 @@ impl CustomOp3 for Gradient {
                 .for_each(|((out, row), (&t, g_lp))| {
                     let (g, lp) = (g_lp[0], g_lp[1]);
                     let log_z = row[t as usize] - lp;
-                    cpu_exp::exp_scaled(out, row, log_z, -g);
+                    exp::exp_scaled(out, row, log_z, -g);
                     // SAFETY: exp_scaled wrote the whole row.
                     let out = unsafe { assume_written(out) };
                     out[t as usize] += g;

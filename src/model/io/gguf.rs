@@ -3,8 +3,8 @@
 //! `llama` models put back from llama.cpp's interleaved rotary layout), and a byte-level BPE
 //! tokenizer rebuilt from `tokenizer.ggml.*` with the embedded chat template.
 
-use super::config::{Arch, ModelConfig};
-use super::weights::WeightSource;
+use super::safetensors::WeightSource;
+use crate::model::config::{Arch, ModelConfig};
 use crate::tokenizer::{Tokenizer, TokenizerMeta};
 use anyhow::{Context, Result, bail};
 use candle_core::quantized::gguf_file::{Content, Value};

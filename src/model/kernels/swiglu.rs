@@ -5,9 +5,8 @@
 //! sigmoid from the vectorised exponential. `Mlp::forward` in `layers` composes the same product
 //! and is the reference.
 
-use super::cpu_attention::cpu_f32;
-use super::cpu_exp::{dispatch, exp1};
-use super::cpu_lora::written;
+use super::exp::{dispatch, exp1};
+use super::storage::{cpu_f32, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

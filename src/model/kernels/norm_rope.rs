@@ -5,8 +5,7 @@
 //! more, and RMSNorm keeps only its input and one number per row. The composed ops in `layers`
 //! are the reference both are tested against.
 
-use super::cpu_attention::cpu_f32;
-use super::cpu_lora::written;
+use super::storage::{cpu_f32, written};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 

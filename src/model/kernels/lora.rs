@@ -8,190 +8,13 @@
 //! (rows, r) product is recomputed in the backward rather than kept. `Linear::forward` in
 //! `layers` composes the same sum and is the reference this op is tested against.
 
-use super::cpu_attention::cpu_f32;
-use super::cpu_decode::PackedWeight;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use super::decode::PackedWeight;
+use super::gemm::{Mat, frozen_product, gemm, gemm_into};
+use super::storage::{assume_written, cpu_f32, with_f32, written};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::sync::Arc;
-
-/// A matrix operand for [`gemm`]: element (i, j) is `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a> Mat<'a> {
-    /// A row-major (rows, cols) matrix.
-    pub(super) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose: the same values with rows and columns swapped.
-    pub(super) fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst = beta * lhs rhs`, or `dst += beta * lhs rhs` when `accumulate`; `dst` row-major;
-/// the extents of every operand checked against its slice.
-pub(super) fn gemm(dst: &mut [f32], accumulate: bool, lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
-    // SAFETY: dst is initialised, so reading it (when accumulating) is sound.
-    unsafe { gemm_raw(dst.as_mut_ptr(), dst.len(), accumulate, lhs, rhs, beta) }
-}
-
-/// `dst = beta * lhs rhs` into values not written yet: every value of `dst` is written and
-/// none is read (gemm skips reading the destination when not accumulating, and writes zeros
-/// when the inner dimension is 0).
-pub(super) fn gemm_into(dst: &mut [MaybeUninit<f32>], lhs: Mat, rhs: Mat, beta: f32) -> Result<()> {
-    if lhs.rows == 1 || rhs.cols == 1 {
-        // gemm's matrix-vector paths view the destination as a `&mut [f32]`, which must not
-        // cover unwritten memory; one row or column is cheap to zero.
-        dst.fill(MaybeUninit::new(0.0));
-    }
-    // SAFETY: not accumulating, gemm only writes dst (initialised above where gemm makes a
-    // slice of it).
-    unsafe { gemm_raw(dst.as_mut_ptr().cast(), dst.len(), false, lhs, rhs, beta) }
-}
-
-/// A vector of `n` values that `write` fills in full, not zeroed first: an op's output is
-/// megabytes, and zeroing it was a pass over memory the op then overwrote (a few percent of a
-/// training step).
-///
-/// # Safety
-/// When `write` returns `Ok`, it has written every value of the slice it was given.
-pub(super) unsafe fn written(
-    n: usize,
-    write: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<()>,
-) -> Result<Vec<f32>> {
-    let mut v = Vec::with_capacity(n);
-    write(&mut v.spare_capacity_mut()[..n])?;
-    // SAFETY: the caller's `write` initialised all n values.
-    unsafe { v.set_len(n) };
-    Ok(v)
-}
-
-/// The values of `x` as initialised f32 (what `MaybeUninit::slice_assume_init_mut` does).
-///
-/// # Safety
-/// Every value of `x` has been written.
-pub(super) unsafe fn assume_written(x: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: MaybeUninit<f32> has f32's layout, and the caller vouches that all are written.
-    unsafe { &mut *(x as *mut [MaybeUninit<f32>] as *mut [f32]) }
-}
-
-/// [`gemm`] on a destination of `len` values at `dst`.
-///
-/// # Safety
-/// `dst` is valid for writing `len` values, and for reading them when `accumulate`.
-unsafe fn gemm_raw(
-    dst: *mut f32,
-    len: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    beta: f32,
-) -> Result<()> {
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    if rhs.rows != k || len != m * n || !lhs.fits() || !rhs.fits() {
-        candle_core::bail!(
-            "lora: cannot multiply ({m}, {k}) by ({}, {n}) into {len} values",
-            rhs.rows,
-        );
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    // SAFETY: every operand's extent was checked against its slice above; dst is (m, n) with
-    // row stride n, valid as the caller vouches.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            n as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(candle_core::utils::get_num_threads()),
-        );
-    }
-    Ok(())
-}
-
-/// Runs `f` on the contiguous f32 values of a CPU tensor held by an op.
-pub(super) fn with_f32<R>(
-    t: &Tensor,
-    (op, what): (&str, &str),
-    f: impl FnOnce(&[f32]) -> Result<R>,
-) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let Storage::Cpu(s) = &*storage else {
-        candle_core::bail!("{op}: {what} must be on the CPU");
-    };
-    f(cpu_f32(s, layout, op, what)?)
-}
-
-/// `x W^T` (m, n) for `x` (m, k) and a frozen weight given as `wt` = W^T (k, n), contiguous: on
-/// the packed copy of W when there is one (a few rows), else by gemm; `op` names the caller in
-/// errors.
-pub(super) fn frozen_product(
-    x: &[f32],
-    wt: &Tensor,
-    packed: Option<&PackedWeight>,
-    op: &str,
-) -> Result<Vec<f32>> {
-    let (k, n) = wt.dims2()?;
-    let m = x.len() / k.max(1);
-    match packed {
-        Some(p) => {
-            let mut out = vec![0f32; m * n];
-            p.matmul(&mut out, x, m)?;
-            Ok(out)
-        }
-        // SAFETY: gemm_into writes every value.
-        None => unsafe {
-            written(m * n, |out| {
-                with_f32(wt, (op, "the frozen weight"), |wt| {
-                    gemm_into(out, Mat::rows(x, m, k), Mat::rows(wt, k, n), 1.0)
-                })
-            })
-        },
-    }
-}
 
 /// The adapter's first product `xd A^T` (m, r) for `xd` (m, k) and A (r, k).
 fn down(xd: &[f32], a: &[f32], m: usize, k: usize, r: usize) -> Result<Vec<f32>> {
@@ -440,7 +263,8 @@ impl LoraGrad {
 
 #[cfg(test)]
 mod tests {
-    use crate::model::layers::{Linear, LoraAdapter, Mode, matmul_layout};
+    use crate::model::layers::{Linear, LoraAdapter, Mode};
+    use crate::model::products::matmul_layout;
     use crate::model::testing::{max_diff, value_and_grad_diffs};
     use candle_core::{Device, Tensor, Var};
 
@@ -524,7 +348,7 @@ mod tests {
         let ours = lin.forward(&x, Mode::Eval).unwrap();
         assert_eq!(
             lin.packed.is_packed(),
-            crate::model::cpu_decode::kernel_available()
+            crate::model::kernels::decode::kernel_available()
         );
         check_formula(&ours, &lin, &x, &a, &b, None);
     }
