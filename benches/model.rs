@@ -17,6 +17,7 @@
 use anyhow::{Context, Result};
 use candle_core::Device;
 use candle_core::Tensor;
+use edco::model::device::Precision;
 use edco::model::generate::{GenerateOptions, Prompt, generate};
 use edco::model::io::{LoadOptions, load};
 use edco::model::kernels::decode::PackedCache;
@@ -57,7 +58,7 @@ fn parse() -> Result<Args> {
             "--case" => a.case = value()?,
             "--warmup" => a.warmup = value()?.parse()?,
             "--steps" => a.steps = value()?.parse()?,
-            "--dtype" => a.dtype = edco::cli::parse_dtype(&value()?)?,
+            "--dtype" => a.dtype = value()?.parse::<Precision>()?.dtype(),
             "--bench" => {}
             other => anyhow::bail!("unknown argument {other}"),
         }

@@ -13,6 +13,7 @@
 //! left-padded prompts of different lengths, then cached decoding steps) against the CPU's
 //! model, beside the composed attention on the device on the same inputs.
 
+use crate::model::device::Attention;
 use crate::model::io::{LoadOptions, dtype_name, load};
 use crate::model::layers::Mode;
 use crate::model::{Batch, Trainable};
@@ -289,11 +290,11 @@ pub fn flash_model_agreement(spec: &CheckSpec) -> Result<Vec<Agreement>> {
     let mut out = Vec::new();
     for (attention, what) in [
         (
-            "composed",
+            Attention::Composed,
             "bf16 composed attention, ragged prompts and 4 decoding steps",
         ),
         (
-            "flash",
+            Attention::Flash,
             "bf16 flash-attn model, ragged prompts and 4 decoding steps",
         ),
     ] {
@@ -410,7 +411,7 @@ pub fn speed(spec: &CheckSpec, dtype: DType, matmul_size: usize) -> Result<Speed
     })?;
     let per_token = 2.0 * matmul_params as f64;
     let mut loaded = loaded;
-    let fwd_flash = match loaded.model.set_attention("flash") {
+    let fwd_flash = match loaded.model.set_attention(Attention::Flash) {
         Ok(()) => Some(forward(&loaded.model)?),
         Err(_) => None,
     };

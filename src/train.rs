@@ -6,18 +6,16 @@
 
 use crate::atomic_file::write_atomic;
 use crate::checkpoint::{self, TrainState};
-use crate::cli::{parse_device, parse_dtype};
-use crate::config::{AggregateKind, Config, Finetune, HorizonKind, Method, Strategy};
+use crate::config::{Config, Finetune, Method, Settings, Strategy};
 use crate::curriculum::Curriculum;
 use crate::data::tokenize::{Tokenized, tokenize_pair, tokenize_prompt};
 use crate::data::{Sample, load_jsonl};
-use crate::entropy::{Aggregate, EntropyConfig, Horizon, estimate};
+use crate::entropy::{EntropyConfig, estimate};
 use crate::eval::{EvalReport, Evaluator};
 use crate::model::Trainable;
 use crate::model::generate::Prompt;
 use crate::model::io::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
-use crate::model::sampling::Sampling;
 use crate::progress::progress_bar;
 use crate::reward::check;
 use crate::seed;
@@ -90,25 +88,10 @@ fn config_name<T: Serialize>(value: &T) -> String {
     }
 }
 
-fn entropy_config(cfg: &Config, round: usize) -> EntropyConfig {
-    let e = &cfg.entropy;
+fn entropy_config(cfg: &Config, settings: &Settings, round: usize) -> EntropyConfig {
     EntropyConfig {
-        horizon: match e.horizon {
-            HorizonKind::Prefix => Horizon::Prefix(e.prefix_tokens),
-            HorizonKind::Full => Horizon::Full(e.max_tokens),
-            HorizonKind::TeacherForced => Horizon::TeacherForced,
-        },
-        aggregate: match e.aggregate {
-            AggregateKind::Mean => Aggregate::Mean,
-            AggregateKind::TopFraction => Aggregate::TopFraction(e.top_fraction),
-        },
-        sampling: Sampling::new(e.greedy, e.temperature, e.top_p, e.top_k),
-        samples_per_prompt: e.samples_per_prompt,
         seed: seed::mix(&[seed::SCORE, cfg.run.seed, round as u64]),
-        batch_size: e.batch_size,
-        quick_answer: (!e.quick_answer.is_empty()).then(|| e.quick_answer.clone()),
-        lengths: cfg.data.lengths(),
-        template_args: cfg.template_args(),
+        ..settings.entropy.clone()
     }
 }
 
@@ -152,23 +135,14 @@ impl Metrics {
     }
 }
 
-fn load_model(cfg: &Config, resume_from: Option<&Path>) -> Result<Loaded> {
-    let trainable = match cfg.model.finetune {
-        Finetune::Full => Trainable::Full,
-        Finetune::Lora => Trainable::Lora(cfg.model.lora.clone()),
-    };
-    let opts = LoadOptions {
-        dtype: parse_dtype(&cfg.model.dtype)?,
-        device: parse_device(&cfg.model.device)?,
-        trainable: trainable.clone(),
-        seed: cfg.run.seed,
-        attention: cfg.model.attention.clone(),
-    };
+fn load_model(cfg: &Config, settings: &Settings, resume_from: Option<&Path>) -> Result<Loaded> {
+    let m = &settings.model;
+    let opts = m.load_options(settings.trainable.clone(), cfg.run.seed)?;
     match (resume_from, cfg.model.finetune) {
-        (None, _) => load(&cfg.model.source, &opts),
+        (None, _) => load(&m.source, &opts),
         (Some(ckpt), Finetune::Lora) => {
             let mut loaded = load(
-                &cfg.model.source,
+                &m.source,
                 &LoadOptions {
                     trainable: Trainable::Frozen,
                     ..opts
@@ -223,8 +197,9 @@ fn lock_run_dir(run_dir: &Path) -> Result<std::fs::File> {
 
 /// Runs (or resumes) training as configured; returns the run directory.
 pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf> {
-    let read = cfg.data.read_options()?;
-    let pool_data = load_jsonl(&cfg.data.train, &read)?;
+    let settings = cfg.resolve()?;
+    let read = &settings.read;
+    let pool_data = load_jsonl(&cfg.data.train, read)?;
     let pool: Vec<Sample> = pool_data.samples;
     if pool.is_empty() {
         bail!("{}: the training pool is empty", cfg.data.train.display());
@@ -254,7 +229,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let eval: Vec<Sample> = if cfg.data.eval.as_os_str().is_empty() {
         Vec::new()
     } else {
-        load_jsonl(&cfg.data.eval, &read)?.samples
+        load_jsonl(&cfg.data.eval, read)?.samples
     };
     if cfg.curriculum.select_n > pool.len() {
         bail!(
@@ -311,7 +286,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     };
     // The model (and its device) first: a model or device that cannot be opened leaves the
     // output directory untouched.
-    let loaded = load_model(cfg, resumed.as_ref().map(|(d, _)| d.as_path()))?;
+    let loaded = load_model(cfg, &settings, resumed.as_ref().map(|(d, _)| d.as_path()))?;
     for sub in ["curriculum", "scores", "plots"] {
         let d = run_dir.join(sub);
         std::fs::create_dir_all(&d).with_context(|| {
@@ -330,7 +305,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     eprintln!("{}", plan.describe(cfg));
 
     let (model, tok) = (&loaded.model, &loaded.tokenizer);
-    let template_args = cfg.template_args();
+    let template_args = &settings.template_args;
     // SFT trains on prompt + reference; GRPO needs the prompts only. Over-long prompts are cut
     // from the left and over-long responses at the end, and the run says how many.
     let lengths = cfg
@@ -340,10 +315,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let pairs: Vec<Tokenized> = pool
         .par_iter()
         .map(|s| match cfg.method {
-            Method::Sft => tokenize_pair(tok, s, &template_args, lengths),
+            Method::Sft => tokenize_pair(tok, s, template_args, lengths),
             Method::Grpo => {
                 let (prompt, cut) =
-                    tokenize_prompt(tok, &s.messages, &template_args, lengths.prompt_limit())
+                    tokenize_prompt(tok, &s.messages, template_args, lengths.prompt_limit())
                         .with_context(|| format!("sample `{}`", s.id))?;
                 Ok(Tokenized {
                     prompt,
@@ -371,54 +346,26 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     }
     let s = &cfg.sft;
     let g = &cfg.grpo;
-    let adam = match cfg.method {
-        Method::Sft => AdamWParams {
-            beta1: s.beta1,
-            beta2: s.beta2,
-            eps: s.eps,
-            weight_decay: s.weight_decay,
-        },
-        Method::Grpo => AdamWParams {
-            beta1: g.beta1,
-            beta2: g.beta2,
-            eps: g.eps,
-            weight_decay: g.weight_decay,
-        },
-    };
-    let (schedule, lr0, min_lr, warmup, reset_optimizer) = match cfg.method {
-        Method::Sft => (
-            s.schedule,
-            s.learning_rate,
-            s.min_learning_rate,
-            s.warmup_steps,
-            s.reset_optimizer,
-        ),
-        Method::Grpo => (
-            g.schedule,
-            g.learning_rate,
-            g.min_learning_rate,
-            g.warmup_steps,
-            g.reset_optimizer,
-        ),
+    let o = settings.optimizer;
+    let adam = AdamWParams {
+        beta1: o.beta1,
+        beta2: o.beta2,
+        eps: o.eps,
+        weight_decay: o.weight_decay,
     };
     let mut opt = AdamW::new(model.vars().to_vec(), adam)?;
     // GRPO's KL reference: a frozen copy for full fine-tuning; under LoRA, the base itself.
     let reference =
         if cfg.method == Method::Grpo && g.beta > 0.0 && cfg.model.finetune == Finetune::Full {
-            let opts = LoadOptions {
-                dtype: parse_dtype(&cfg.model.dtype)?,
-                device: parse_device(&cfg.model.device)?,
-                attention: cfg.model.attention.clone(),
-                ..Default::default()
-            };
-            Some(load(&cfg.model.source, &opts)?.model)
+            let opts = settings.model.load_options(Trainable::Frozen, 0)?;
+            Some(load(&settings.model.source, &opts)?.model)
         } else {
             None
         };
     let grpo_params = GrpoParams {
         num_generations: g.num_generations,
         max_new_tokens: g.max_completion_length,
-        sampling: Sampling::new(false, g.temperature, g.top_p, g.top_k),
+        sampling: g.sampling()?,
         epsilon: g.epsilon,
         epsilon_high: g.epsilon_high,
         beta: g.beta,
@@ -433,7 +380,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         model,
         tok,
         eos_token_ids: &loaded.eos_token_ids,
-        template_args: &template_args,
+        template_args,
         lengths: cfg.data.lengths(),
         answer_check: cfg.data.answer_check,
     };
@@ -516,7 +463,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         model,
                         tok,
                         &subset,
-                        &template_args,
+                        template_args,
                         cfg.data.lengths(),
                         cfg.eval.batch_size,
                     )?
@@ -530,7 +477,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
                         tok,
                         &loaded.eos_token_ids,
                         &subset,
-                        &entropy_config(cfg, round),
+                        &entropy_config(cfg, &settings, round),
                         &mut |d, _| bar.set_position(d as u64),
                     )?;
                     bar.finish_and_clear();
@@ -569,7 +516,7 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
             );
             state.round = round;
             state.step_in_round = Some(0);
-            if reset_optimizer {
+            if o.reset_optimizer {
                 opt.reset()?;
             }
         }
@@ -615,10 +562,10 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         bar.set_position(done as u64);
         for (k, step_idx) in steps.iter().enumerate().skip(done) {
             let lr = learning_rate(
-                schedule,
-                lr0,
-                min_lr,
-                warmup,
+                o.schedule,
+                o.learning_rate,
+                o.min_learning_rate,
+                o.warmup_steps,
                 state.global_step,
                 total_steps,
             );

@@ -9,6 +9,7 @@ use super::block::{Attend, Block, Pass};
 use super::builder::Builder;
 use super::cache::LayerCache;
 use super::config::ModelConfig;
+use super::device::Attention;
 use super::io::safetensors::WeightSource;
 use super::kernels::decode::PackedCache;
 use super::layers::{Linear, Mode, RmsNorm, Rope, causal_mask};
@@ -126,10 +127,10 @@ impl Decoder {
     /// (FlashAttention-2 over packed rows, CUDA and bf16 in a `flash-attn` build). Training
     /// passes keep the composed attention (FlashAttention here has no backward), and so do the
     /// passes compared with them (`Mode::Detached`, `Mode::BaseOnly`).
-    pub fn set_attention(&mut self, name: &str) -> AnyResult<()> {
-        self.varlen = match name {
-            "composed" => None,
-            "flash" => {
+    pub fn set_attention(&mut self, attention: Attention) -> AnyResult<()> {
+        self.varlen = match attention {
+            Attention::Composed => None,
+            Attention::Flash => {
                 if let Some(why) =
                     varlen::flash_unavailable(self.dtype, &self.device, self.config.head_dim)
                 {
@@ -137,7 +138,6 @@ impl Decoder {
                 }
                 varlen::flash_kernel()
             }
-            other => anyhow::bail!("attention `{other}`: expected composed or flash"),
         };
         Ok(())
     }
@@ -459,10 +459,13 @@ mod tests {
     #[test]
     fn flash_attention_is_refused_with_the_reason() {
         let (_dir, mut model) = tiny(Arch::Llama);
-        let err = model.set_attention("flash").unwrap_err().to_string();
+        let err = model
+            .set_attention(Attention::Flash)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("attention `flash`: "), "{err}");
-        let err = model.set_attention("fast").unwrap_err().to_string();
+        let err = "fast".parse::<Attention>().unwrap_err().to_string();
         assert!(err.contains("expected composed or flash"), "{err}");
-        model.set_attention("composed").unwrap();
+        model.set_attention(Attention::Composed).unwrap();
     }
 }

@@ -13,6 +13,7 @@ mod builder;
 pub mod cache;
 pub mod config;
 pub mod decoder;
+pub mod device;
 pub mod generate;
 pub mod io;
 pub mod kernels;

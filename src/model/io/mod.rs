@@ -8,6 +8,7 @@ pub mod hub;
 pub mod safetensors;
 
 use super::config::{ModelConfig, token_ids};
+use super::device::Attention;
 use super::{Decoder, Trainable};
 use crate::atomic_file::{replace_dir, staging_dir, write_atomic};
 use crate::tokenizer::Tokenizer;
@@ -24,8 +25,8 @@ pub struct LoadOptions {
     pub device: Device,
     pub trainable: Trainable,
     pub seed: u64,
-    /// The attention of inference passes: `composed` or `flash` (see `Decoder::set_attention`).
-    pub attention: String,
+    /// The attention of inference passes (see `Decoder::set_attention`).
+    pub attention: Attention,
 }
 
 impl Default for LoadOptions {
@@ -35,7 +36,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             trainable: Trainable::Frozen,
             seed: 0,
-            attention: "composed".into(),
+            attention: Attention::Composed,
         }
     }
 }
@@ -73,7 +74,7 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
             })
         }
     }?;
-    loaded.model.set_attention(&opts.attention)?;
+    loaded.model.set_attention(opts.attention)?;
     Ok(loaded)
 }
 
