@@ -162,7 +162,7 @@ seed = 5
         run = work.join("run").display(),
     );
     let cfg = edco::config::Config::from_toml(&text, &[])?;
-    let run = edco::train::run(&cfg, None, false)?;
+    let run = edco::trainer::run(&cfg, None, false)?;
     let (ckpt, _) = edco::checkpoint::latest(&run)?;
     let dir = out.join(format!("trained-{finetune}"));
     std::fs::create_dir_all(&dir)?;

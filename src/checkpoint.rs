@@ -35,6 +35,16 @@ pub struct TrainState {
     pub train_seconds: f64,
 }
 
+impl TrainState {
+    /// The round to run next: the one in progress, or the one after the last finished.
+    pub fn next_round(&self) -> usize {
+        match self.step_in_round {
+            Some(_) => self.round,
+            None => self.round + 1,
+        }
+    }
+}
+
 pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }

@@ -14,7 +14,8 @@ fn shipped_configs_are_valid_and_dry_run() {
             continue;
         }
         let cfg = Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-        edco::train::run(&cfg, None, true).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        edco::trainer::run(&cfg, None, true)
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
         names.push(path.file_name().unwrap().to_string_lossy().into_owned());
     }
     names.sort();

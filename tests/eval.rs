@@ -11,13 +11,13 @@ use common::fixture_with_tokenizer;
 use edco::config::EvalSection;
 use edco::data::tokenize::Lengths;
 use edco::data::{Sample, parse_record};
-use edco::eval::Evaluator;
 use edco::model::Batch;
 use edco::model::generate::{GenerateOptions, Prompt, generate};
 use edco::model::io::{LoadOptions, load};
 use edco::model::layers::Mode;
 use edco::model::sampling::Sampling;
 use edco::reward::Rule;
+use edco::trainer::eval::Evaluator;
 
 #[test]
 fn eval_accuracy_and_loss_match_answers_worked_out_one_by_one() {

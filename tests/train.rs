@@ -83,7 +83,7 @@ fn sft_run_writes_the_run_directory() {
     let model = fixture_with_tokenizer("tiny-qwen3");
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(model.path(), dir.path(), "");
-    let run = edco::train::run(&cfg, None, false).unwrap();
+    let run = edco::trainer::run(&cfg, None, false).unwrap();
 
     let m = lines(&run.join("metrics.jsonl"));
     let kinds: Vec<&str> = m.iter().map(|l| l["kind"].as_str().unwrap()).collect();
@@ -159,7 +159,7 @@ fn sft_run_writes_the_run_directory() {
     assert_eq!(Config::load(&run.join("config.toml"), &[]).unwrap(), cfg);
 
     // A second run into the same directory is refused rather than mixed in.
-    let e = edco::train::run(&cfg, None, false).unwrap_err();
+    let e = edco::trainer::run(&cfg, None, false).unwrap_err();
     assert!(format!("{e:#}").contains("already holds a run"));
 }
 
@@ -207,7 +207,7 @@ fn static_and_random_strategies_select_what_they_claim() {
         let mut cfg = config(model.path(), dir, "");
         cfg.curriculum.strategy = strategy;
         cfg.data.eval = Default::default();
-        edco::train::run(&cfg, None, false).unwrap()
+        edco::trainer::run(&cfg, None, false).unwrap()
     };
     let pool = |dir: &Path| -> Vec<edco::data::Sample> {
         edco::data::load_jsonl(&dir.join("train.jsonl"), &Default::default())
@@ -299,7 +299,7 @@ fn accumulation_pruning_and_optimizer_carry_over_take_effect() {
         cfg.sft.batch_size = 1;
         cfg.sft.reset_optimizer = reset;
         cfg.run.keep_last = 1;
-        let run = edco::train::run(&cfg, None, false).unwrap();
+        let run = edco::trainer::run(&cfg, None, false).unwrap();
         let losses: Vec<(u64, f64)> = lines(&run.join("metrics.jsonl"))
             .iter()
             .filter(|l| l["kind"] == "step")
@@ -341,7 +341,7 @@ fn sft_and_grpo_run_two_rounds_on_the_shipped_data() {
         cfg.grpo.prompts_per_step = 2;
         cfg.grpo.num_generations = 2;
         cfg.grpo.max_completion_length = 4;
-        let run = edco::train::run(&cfg, None, false).unwrap();
+        let run = edco::trainer::run(&cfg, None, false).unwrap();
         let m = lines(&run.join("metrics.jsonl"));
         let rounds: Vec<&serde_json::Value> = m.iter().filter(|l| l["kind"] == "round").collect();
         assert_eq!(rounds.len(), 2, "{method:?}");
@@ -375,7 +375,7 @@ fn one_small_set_overfits_with_full_fine_tuning() {
     cfg.sft.schedule = edco::config::Schedule::Constant;
     cfg.sft.weight_decay = 0.0;
     cfg.eval.generate = false;
-    let run = edco::train::run(&cfg, None, false).unwrap();
+    let run = edco::trainer::run(&cfg, None, false).unwrap();
     let steps: Vec<f64> = lines(&run.join("metrics.jsonl"))
         .iter()
         .filter(|l| l["kind"] == "step")
@@ -420,7 +420,7 @@ fn grpo_config(model: &Path, dir: &Path, extra: &str, generations: usize, length
 /// Runs `cfg` (checkpointing every step) to the end, then again from its checkpoint in the middle
 /// of round 2, as if it had died there; the final weights and metrics must agree.
 fn assert_resume_matches(cfg: &Config) {
-    let run = edco::train::run(cfg, None, false).unwrap();
+    let run = edco::trainer::run(cfg, None, false).unwrap();
     let all = edco::checkpoint::list(&run).unwrap();
     // Round 2's first step is checkpointed mid-round: steps 1, 2 (end of round 1), 3, 4 (end).
     assert_eq!(all.len(), 4);
@@ -431,7 +431,7 @@ fn assert_resume_matches(cfg: &Config) {
     for later in &all[3..] {
         std::fs::remove_dir_all(later).unwrap();
     }
-    edco::train::run(cfg, Some(&run), false).unwrap();
+    edco::trainer::run(cfg, Some(&run), false).unwrap();
     assert_eq!(
         weights_bytes(&run),
         expected,
@@ -484,7 +484,7 @@ fn grpo_rolls_out_rewards_and_updates_adapters() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = grpo_config(model.path(), dir.path(), "", 4, 6);
     cfg.grpo.min_learning_rate = 1e-3;
-    let run = edco::train::run(&cfg, None, false).unwrap();
+    let run = edco::trainer::run(&cfg, None, false).unwrap();
     let steps: Vec<serde_json::Value> = lines(&run.join("metrics.jsonl"))
         .into_iter()
         .filter(|l| l["kind"] == "step")
@@ -556,7 +556,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint() {
     cfg.curriculum.strategy = edco::config::Strategy::Random;
     cfg.eval.generate = false;
     // Round 1 trains sanely and checkpoints; round 2 gets an absurd learning rate.
-    let run = edco::train::run(&cfg, None, false).unwrap();
+    let run = edco::trainer::run(&cfg, None, false).unwrap();
     let before = edco::checkpoint::list(&run).unwrap();
     let first = before[0].clone();
     std::fs::remove_dir_all(&before[1]).unwrap();
@@ -566,7 +566,7 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint() {
     wild.sft.learning_rate = f64::INFINITY;
     wild.sft.min_learning_rate = f64::INFINITY;
     wild.sft.max_grad_norm = 0.0;
-    let e = edco::train::run(&wild, Some(&run), false).unwrap_err();
+    let e = edco::trainer::run(&wild, Some(&run), false).unwrap_err();
     let msg = format!("{e:#}");
     assert!(
         msg.contains("(round 2): the loss is not finite")
@@ -584,20 +584,20 @@ fn a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoint() {
     wild.sft.learning_rate = f64::INFINITY;
     wild.sft.min_learning_rate = f64::INFINITY;
     wild.sft.max_grad_norm = 0.0;
-    let msg = format!("{:#}", edco::train::run(&wild, None, false).unwrap_err());
+    let msg = format!("{:#}", edco::trainer::run(&wild, None, false).unwrap_err());
     assert!(
         msg.contains("(round 1): the loss is not finite")
             && msg.contains("There is no checkpoint yet; start again with --resume"),
         "{msg}"
     );
-    let again = edco::train::run(&wild, None, false).unwrap_err();
+    let again = edco::trainer::run(&wild, None, false).unwrap_err();
     assert!(
         format!("{again:#}").contains("stopped before its first checkpoint"),
         "{again:#}"
     );
     let mut sane = wild.clone();
     sane.sft = cfg.sft.clone();
-    let run = edco::train::run(&sane, Some(&wild.run.output_dir), false).unwrap();
+    let run = edco::trainer::run(&sane, Some(&wild.run.output_dir), false).unwrap();
     let kinds: Vec<String> = lines(&run.join("metrics.jsonl"))
         .iter()
         .map(|l| l["kind"].as_str().unwrap().to_string())
@@ -619,7 +619,7 @@ fn a_selection_larger_than_the_pool_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(model.path(), dir.path(), "");
     cfg.curriculum.select_n = 17;
-    let e = edco::train::run(&cfg, None, false).unwrap_err();
+    let e = edco::trainer::run(&cfg, None, false).unwrap_err();
     assert!(
         format!("{e:#}").contains("`curriculum.select_n` = 17 exceeds the 16 samples"),
         "{e:#}"
@@ -839,7 +839,7 @@ fn bad_settings_are_refused_by_name() {
     }
     let mut cfg = config(model.path(), dir.path(), "");
     cfg.data.eval = dir.path().join("missing.jsonl");
-    let msg = format!("{:#}", edco::train::run(&cfg, None, false).unwrap_err());
+    let msg = format!("{:#}", edco::trainer::run(&cfg, None, false).unwrap_err());
     assert!(msg.contains("missing.jsonl"), "{msg}");
     assert!(!dir.path().join("run").exists());
 }

@@ -30,6 +30,6 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     let cfg = Config::load(&path, &a.overrides)?;
     crate::logging::apply_config_level(&cfg.run.log_level)?;
-    crate::train::run(&cfg, a.resume.as_deref(), a.dry_run)?;
+    crate::trainer::run(&cfg, a.resume.as_deref(), a.dry_run)?;
     Ok(())
 }

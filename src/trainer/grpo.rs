@@ -6,18 +6,28 @@
 //! estimator of KL(policy || reference), averaged over every completion token of the step.
 //! With LoRA the reference is the base with adapters off (no extra memory); with full
 //! fine-tuning it is a frozen copy loaded at the start.
+//! A round's selection is cycled through `prompts_per_step` prompts at a time for
+//! `steps_per_round` steps, each a batch of rollouts and `num_iterations` updates on it.
 //! Departure from the EDCO paper's runs: rewards are verifiable by rule, no LLM judge.
 
+use super::method::{Method, StepInput, StepReport};
 use super::optim::{AdamW, GradAccumulator};
-use crate::data::tokenize::Tokenized;
-use crate::model::Decoder;
+use crate::config::{GrpoSection, Settings};
+use crate::data::Sample;
+use crate::data::tokenize::{Lengths, Tokenized, tokenize_prompt};
 use crate::model::generate::{GenerateOptions, Prompt, generate};
+use crate::model::io::{Loaded, load};
 use crate::model::layers::Mode;
 use crate::model::sampling::Sampling;
+use crate::model::{Decoder, Trainable};
 use crate::response::response_token_log_probs;
-use anyhow::Result;
+use crate::reward::{Rule, check};
+use crate::seed;
+use crate::tokenizer::Tokenizer;
+use anyhow::{Context, Result, bail};
 use candle_core::Tensor;
 use serde::Serialize;
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GrpoParams {
@@ -309,6 +319,159 @@ pub fn train_on(
         stats.grad_norm += norm / iterations as f64;
     }
     Ok(stats)
+}
+
+/// The GRPO trainer of the round loop.
+pub struct Grpo {
+    cfg: GrpoSection,
+    /// How a completion's reply is checked against its sample's answer (1 if right, else 0).
+    answer_check: Rule,
+    params: GrpoParams,
+    /// The KL reference under full fine-tuning: a frozen copy of the starting model (under
+    /// LoRA the reference is the base with its adapters off).
+    reference: Option<Decoder>,
+}
+
+impl Grpo {
+    pub fn new(cfg: &GrpoSection, answer_check: Rule) -> Result<Self> {
+        let params = GrpoParams {
+            num_generations: cfg.num_generations,
+            max_new_tokens: cfg.max_completion_length,
+            sampling: cfg.sampling()?,
+            epsilon: cfg.epsilon,
+            epsilon_high: cfg.epsilon_high,
+            beta: cfg.beta,
+            scale_rewards: cfg.scale_rewards,
+            num_iterations: cfg.num_iterations,
+            micro_batch: cfg.micro_batch,
+            max_grad_norm: cfg.max_grad_norm,
+            // The tokenizer's, set at each step.
+            pad_id: 0,
+        };
+        Ok(Self {
+            cfg: cfg.clone(),
+            answer_check,
+            params,
+            reference: None,
+        })
+    }
+}
+
+impl Method for Grpo {
+    fn section(&self) -> &'static str {
+        "grpo"
+    }
+
+    fn check_pool(&self, pool: &[Sample], path: &Path) -> Result<()> {
+        let rule = self.answer_check;
+        if let Some(s) = pool.iter().find(|s| check(rule, s, "").is_none()) {
+            bail!(
+                "{}: sample `{}` has no `answer` that data.answer_check = {} can verify",
+                path.display(),
+                s.id,
+                serde_json::to_string(&rule)?
+            );
+        }
+        Ok(())
+    }
+
+    fn steps_per_round(&self, _per_round: usize) -> usize {
+        self.cfg.steps_per_round
+    }
+
+    fn describe_step(&self) -> String {
+        format!(
+            "{} prompts x {} completions per step",
+            self.cfg.prompts_per_step, self.cfg.num_generations
+        )
+    }
+
+    /// The prompt only; completions come from the policy.
+    fn tokenize(
+        &self,
+        tok: &Tokenizer,
+        sample: &Sample,
+        template_args: &serde_json::Map<String, serde_json::Value>,
+        lengths: Lengths,
+    ) -> Result<Tokenized> {
+        let (prompt, cut) =
+            tokenize_prompt(tok, &sample.messages, template_args, lengths.prompt_limit())
+                .with_context(|| format!("sample `{}`", sample.id))?;
+        Ok(Tokenized {
+            prompt,
+            cut,
+            ..Default::default()
+        })
+    }
+
+    fn prepare(&mut self, settings: &Settings, _loaded: &Loaded) -> Result<()> {
+        if self.cfg.beta > 0.0 && settings.trainable == Trainable::Full {
+            let opts = settings.model.load_options(Trainable::Frozen, 0)?;
+            self.reference = Some(load(&settings.model.source, &opts)?.model);
+        }
+        Ok(())
+    }
+
+    fn generates(&self) -> bool {
+        true
+    }
+
+    fn steps(&self, shuffled: &mut dyn FnMut(usize) -> Vec<usize>) -> Vec<Vec<usize>> {
+        let order = shuffled(0);
+        let n = self.cfg.prompts_per_step;
+        (0..self.cfg.steps_per_round)
+            .map(|k| (0..n).map(|j| order[(k * n + j) % order.len()]).collect())
+            .collect()
+    }
+
+    fn step(
+        &self,
+        input: &StepInput,
+        items: &[usize],
+        opt: &mut AdamW,
+        lr: f64,
+        step_seed: u64,
+    ) -> Result<StepReport> {
+        let (model, tok) = (&input.loaded.model, &input.loaded.tokenizer);
+        let p = GrpoParams {
+            pad_id: tok.pad_id(),
+            ..self.params
+        };
+        let prompts: Vec<Prompt> = items
+            .iter()
+            .enumerate()
+            .map(|(j, &i)| Prompt {
+                ids: input.pairs[i].prompt.clone(),
+                seed: seed::mix(&[step_seed, j as u64]),
+            })
+            .collect();
+        let rollouts = rollout(
+            model,
+            &prompts,
+            &input.loaded.eos_token_ids,
+            &p,
+            &mut |j, completion| {
+                let reply = tok.decode(completion, true)?;
+                let right = check(self.answer_check, &input.pool[items[j]], &reply) == Some(true);
+                Ok(if right { 1.0 } else { 0.0 })
+            },
+        )?;
+        let stats = train_on(
+            model,
+            self.reference.as_ref(),
+            opt,
+            &rollouts,
+            lr,
+            &p,
+            step_seed,
+        )?;
+        Ok(StepReport {
+            line: serde_json::to_value(&stats)?,
+            loss: stats.loss,
+            tokens: stats.tokens,
+            progress: format!("reward {:.2}", stats.reward_mean),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! global-norm clipping, learning-rate schedules, and state that saves and loads for resume.
 //! candle's own AdamW has no parameter groups, no clipping and no state access.
 
-use crate::config::Schedule;
+use crate::config::{OptimizerSettings, Schedule};
 use crate::model::io::safetensors::{WeightSource, save_safetensors};
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
@@ -16,6 +16,17 @@ pub struct AdamWParams {
     pub beta2: f64,
     pub eps: f64,
     pub weight_decay: f64,
+}
+
+impl From<&OptimizerSettings> for AdamWParams {
+    fn from(o: &OptimizerSettings) -> Self {
+        Self {
+            beta1: o.beta1,
+            beta2: o.beta2,
+            eps: o.eps,
+            weight_decay: o.weight_decay,
+        }
+    }
 }
 
 pub struct AdamW {
