@@ -2,7 +2,7 @@
 //! a prefix score is the first K positions of the full run under the same seed, several samples
 //! average their own completions, and teacher-forced entropies follow the reference answer.
 
-mod common;
+use crate::common;
 
 use common::fixture_with_tokenizer;
 use edco::data::tokenize::Lengths;

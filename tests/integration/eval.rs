@@ -4,7 +4,7 @@
 //! exactly that accuracy, by generation and by option likelihood, and the held-out loss must be
 //! the token-weighted mean NLL of the references.
 
-mod common;
+use crate::common;
 
 use candle_core::{D, DType, IndexOp};
 use common::fixture_with_tokenizer;

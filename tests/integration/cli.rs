@@ -2,7 +2,7 @@
 //! tiny model, and bad data reported with its file, line and field, with a non-zero exit, no
 //! panic, and earlier output left as it was.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -289,4 +289,69 @@ fn check_device_compares_logits_and_reports_speed() {
             "{err}"
         );
     }
+}
+
+/// A flag that names a config setting is refused as the config refuses its key, with the same
+/// message naming the flag, before any file is read: the command line and the config go
+/// through the same checks.
+#[test]
+fn flags_are_refused_as_the_config_refuses_their_keys() {
+    let score = [
+        "estimate-entropy",
+        "--model",
+        "m",
+        "--data",
+        "missing.jsonl",
+    ];
+    let cases: [(&[&str], &str, &str); 5] = [
+        (
+            &["--prefix-tokens", "0"],
+            "entropy.prefix_tokens=0",
+            "must be positive, got 0",
+        ),
+        (
+            &["--max-tokens", "0"],
+            "entropy.max_tokens=0",
+            "must be positive, got 0",
+        ),
+        (
+            &["--top-p", "2"],
+            "entropy.top_p=2",
+            "must be in (0, 1], got 2",
+        ),
+        (
+            &["--samples", "0"],
+            "entropy.samples_per_prompt=0",
+            "must be positive, got 0",
+        ),
+        (
+            &["--dtype", "f16"],
+            "model.dtype=f16",
+            "expected f32 or bf16, got `f16`",
+        ),
+    ];
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/smoke.toml");
+    for (flags, key, why) in cases {
+        let flag = flags[0].trim_start_matches("--");
+        let out = edco(&[&score[..], flags].concat());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && !err.contains("panicked"),
+            "{flags:?}: {err}"
+        );
+        assert!(
+            err.contains(&format!("`--{flag}`: {why}")),
+            "{flags:?}: {err}"
+        );
+        let out = edco(&["train", "--config", config, "--set", key, "--dry-run"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        let name = key.split('=').next().unwrap();
+        assert!(
+            !out.status.success() && err.contains(&format!("`{name}`: {why}")),
+            "{key}: {err}"
+        );
+    }
+    let out = edco(&["generate", "--model", "m", "--prompt", "hi", "--top-p", "2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`--top-p`: must be in (0, 1], got 2"), "{err}");
 }

@@ -3,7 +3,7 @@
 //! forward, batching does not change a row, gradients reach exactly the trainable parameters,
 //! LoRA with B = 0 is the base, merged equals unmerged, and checkpoints round-trip bit-exactly.
 
-mod common;
+use crate::common;
 
 use candle_core::{D, DType, Device, Tensor};
 use common::{fixture, max_abs_diff};

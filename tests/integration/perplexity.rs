@@ -1,7 +1,7 @@
 //! Teacher-forced response scoring: the batched, padded computation equals the per-sample one
 //! done by hand from the logits, whatever the batch size.
 
-mod common;
+use crate::common;
 
 use candle_core::{D, Device};
 use common::tiny_model;

@@ -1,6 +1,6 @@
 //! Bad model input gets an error that names the file and what is wrong, never a panic.
 
-mod common;
+use crate::common;
 
 use common::tiny_model;
 use edco::model::config::Arch;

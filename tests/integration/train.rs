@@ -4,7 +4,7 @@
 //! bit-for-bit where the uninterrupted ones do, GRPO's rollouts, rewards and KL, GRPO learning a
 //! toy task, and bad settings, diverging runs, an unwritable output directory and a full disk.
 
-mod common;
+use crate::common;
 
 use common::fixture_with_tokenizer;
 use edco::config::Config;

@@ -1,7 +1,7 @@
 //! SmolLM2-135M-Instruct, real weights from the GGUF that scripts/fetch_assets.sh caches:
 //! greedy on the chat prompt "What is the capital of France?" it must answer with Paris.
 
-mod common;
+use crate::common;
 
 use edco::model::generate::{GenerateOptions, Prompt, generate};
 use edco::model::io::{LoadOptions, load};

@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests: tiny models made by edco's own `init-model` code,
 //! the asset cache filled by `scripts/fetch_assets.sh`, and tensor comparisons.
-#![allow(dead_code)]
 
 use candle_core::Tensor;
 use edco::init_model::{InitSpec, init_model};

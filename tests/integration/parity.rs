@@ -5,7 +5,7 @@
 //! and right-padded rows, and tokenizer ids and chat-template renders of the real Qwen3 and
 //! SmolLM2 tokenizers and the Llama 3.2 template.
 
-mod common;
+use crate::common;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use common::{asset, fixture, max_abs_diff};
