@@ -78,7 +78,7 @@ def run_edco(edco, data, out_dir, name, args):
 
 
 def mcq_prompt(rec):
-    """edco's documented multiple-choice prompt (src/data.rs) plus the quick-answer instruction."""
+    """edco's documented multiple-choice prompt (src/data/mod.rs) plus the quick-answer instruction."""
     s = ""
     ctx = (rec.get("context") or "").strip()
     if ctx:
