@@ -1,22 +1,22 @@
-//! Training checkpoints: the weights (a PEFT adapter, or a full Hugging Face directory), the
-//! optimizer's moments, and the loop's state (round, step, curriculum, the round's selection,
-//! how many metrics lines belong to it), staged in a hidden directory and renamed into place so
-//! an interrupted save never replaces a good checkpoint; only the newest `keep_last` are kept.
+//! Training checkpoints: the weights (a PEFT adapter, or a full Hugging Face directory) and the
+//! optimizer's moments, which the trainer writes, and the loop's state (round, step, curriculum,
+//! the round's selection, how many metrics lines belong to it), staged in a hidden directory and
+//! renamed into place so an interrupted save never replaces a good checkpoint; only the newest
+//! `keep_last` are kept.
 //! Every random choice in the loop is derived from (seed, round, step), so this is all a resume
 //! needs to end where an uninterrupted run would.
 
 use crate::atomic_file::{replace_dir, staging_dir, write_atomic};
 use crate::curriculum::{Curriculum, Pick};
-use crate::model::Trainable;
-use crate::model::io::{Loaded, save_hf_dir};
-use crate::model::lora::save_adapter;
-use crate::trainer::optim::AdamW;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub const STATE: &str = "state.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
+/// The trained weights: a PEFT adapter (LoRA) or a Hugging Face model directory (full).
+pub const ADAPTER: &str = "adapter";
+pub const MODEL: &str = "model";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
@@ -49,16 +49,15 @@ pub fn checkpoints_dir(run: &Path) -> PathBuf {
     run.join("checkpoints")
 }
 
-/// Saves a checkpoint named after its round and step; returns its directory.
+/// Saves a checkpoint named after its round and step; returns its directory. `write` puts the
+/// weights and the optimizer's state into the staging directory it is given; the loop's state
+/// follows, then the directory is renamed into place and the oldest beyond `keep_last` removed.
 pub fn save(
     run: &Path,
-    loaded: &Loaded,
-    base_model: &str,
-    opt: &AdamW,
     state: &TrainState,
     keep_last: usize,
+    write: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
-    let model = &loaded.model;
     let root = checkpoints_dir(run);
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     let name = format!("round_{:03}_step_{:06}", state.round, state.global_step);
@@ -69,16 +68,7 @@ pub fn save(
     }
     let staged = (|| -> Result<()> {
         std::fs::create_dir_all(&stage)?;
-        match model.trainable() {
-            Trainable::Lora(_) => save_adapter(model, &stage.join("adapter"), base_model)?,
-            _ => save_hf_dir(
-                model,
-                &loaded.tokenizer,
-                &loaded.eos_token_ids,
-                &stage.join("model"),
-            )?,
-        }
-        opt.save(&stage.join(OPTIMIZER))?;
+        write(&stage)?;
         write_atomic(
             &stage.join(STATE),
             serde_json::to_string_pretty(state)?.as_bytes(),

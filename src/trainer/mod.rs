@@ -14,6 +14,7 @@ pub mod sft;
 
 pub use method::{Method, StepInput, StepReport};
 
+use crate::checkpoint;
 use crate::config::{Config, Finetune, Method as MethodName, Settings};
 use crate::data::tokenize::Tokenized;
 use crate::data::{Sample, load_jsonl};
@@ -184,11 +185,11 @@ fn load_model(cfg: &Config, settings: &Settings, resume_from: Option<&Path>) -> 
                     ..opts
                 },
             )?;
-            load_adapter(&mut loaded.model, &ckpt.join("adapter"))?;
+            load_adapter(&mut loaded.model, &ckpt.join(checkpoint::ADAPTER))?;
             Ok(loaded)
         }
         (Some(ckpt), Finetune::Full) => {
-            let dir = ckpt.join("model");
+            let dir = ckpt.join(checkpoint::MODEL);
             load(dir.to_str().context("checkpoint path is not UTF-8")?, &opts)
         }
     }

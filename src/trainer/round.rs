@@ -13,7 +13,9 @@ use crate::curriculum::Curriculum;
 use crate::data::Sample;
 use crate::data::tokenize::Tokenized;
 use crate::entropy::{EntropyConfig, estimate};
-use crate::model::io::Loaded;
+use crate::model::Trainable;
+use crate::model::io::{Loaded, save_hf_dir};
+use crate::model::lora::save_adapter;
 use crate::progress::progress_bar;
 use crate::run_dir::{Metrics, RunDir};
 use crate::{perplexity, seed, stats};
@@ -291,14 +293,23 @@ impl Rounds<'_> {
     /// a resume can drop the rest.
     fn save(&self, state: &mut TrainState, metrics: &Metrics, opt: &AdamW) -> Result<PathBuf> {
         state.metrics_lines = metrics.lines;
-        let dir = checkpoint::save(
-            &self.run_dir.path,
-            self.loaded,
-            &self.cfg.model.source,
-            opt,
-            state,
-            self.cfg.run.keep_last,
-        )?;
+        let (model, loaded) = (&self.loaded.model, self.loaded);
+        let dir = checkpoint::save(&self.run_dir.path, state, self.cfg.run.keep_last, |stage| {
+            match model.trainable() {
+                Trainable::Lora(_) => save_adapter(
+                    model,
+                    &stage.join(checkpoint::ADAPTER),
+                    &self.cfg.model.source,
+                )?,
+                _ => save_hf_dir(
+                    model,
+                    &loaded.tokenizer,
+                    &loaded.eos_token_ids,
+                    &stage.join(checkpoint::MODEL),
+                )?,
+            }
+            opt.save(&stage.join(checkpoint::OPTIMIZER))
+        })?;
         tracing::info!(
             step = state.global_step,
             "checkpoint written to {}",
