@@ -38,21 +38,31 @@ pub fn staging_dir(dir: &Path) -> PathBuf {
     ))
 }
 
-/// Moves a finished directory over `dir`, keeping the old one until the new one is in place.
+/// Moves a finished directory over `dir` (a directory or, replaced on request, a file), keeping
+/// the old one until the new one is in place.
 pub fn replace_dir(stage: &Path, dir: &Path) -> Result<()> {
     let old = dir.with_file_name(format!(
         ".{}.old",
         dir.file_name().and_then(|n| n.to_str()).unwrap_or("model")
     ));
-    if dir.exists() {
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
-        }
+    remove(&old)?;
+    if dir.symlink_metadata().is_ok() {
         std::fs::rename(dir, &old).with_context(|| format!("moving {} aside", dir.display()))?;
     }
-    std::fs::rename(stage, dir).with_context(|| format!("moving {} into place", dir.display()))?;
-    if old.exists() {
-        std::fs::remove_dir_all(&old)?;
+    if let Err(e) = std::fs::rename(stage, dir) {
+        // Put the old one back: a failed replace leaves what was there.
+        let _ = std::fs::rename(&old, dir);
+        return Err(e).with_context(|| format!("moving {} into place", dir.display()));
     }
-    Ok(())
+    remove(&old)
+}
+
+/// Removes what is at `path` (a directory with its content, or a file), if anything.
+fn remove(path: &Path) -> Result<()> {
+    let removed = match path.symlink_metadata() {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(_) => return Ok(()),
+    };
+    removed.with_context(|| format!("removing {}", path.display()))
 }

@@ -56,6 +56,20 @@ fn run_pass(loaded: &Loaded, samples: &[Sample], cfg: &EntropyConfig, label: &st
     })
 }
 
+/// Every file the audit writes: the scores, then the summary, the histogram and (comparing with
+/// the full estimator) the scatter plot beside them.
+pub fn output_files(opts: &AuditOptions) -> Vec<PathBuf> {
+    let mut files = vec![
+        opts.out.clone(),
+        sibling(&opts.out, "summary.json"),
+        sibling(&opts.out, "hist.svg"),
+    ];
+    if opts.compare_full.is_some() {
+        files.push(sibling(&opts.out, "scatter.svg"));
+    }
+    files
+}
+
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
     let stem = out
         .file_stem()

@@ -113,18 +113,62 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
     Ok(())
 }
 
-/// The newest checkpoint of a run and its state.
+/// The newest intact checkpoint of a run and its state. A damaged newer one (a disk error, a
+/// hand edit) is reported and passed over, not removed: the run writes a checkpoint of the same
+/// name over it when it gets there again.
 pub fn latest(run: &Path) -> Result<(PathBuf, TrainState)> {
-    let Some(dir) = list(run)?.pop() else {
+    let all = list(run)?;
+    if all.is_empty() {
         bail!(
             "{}: no checkpoint to resume from",
             checkpoints_dir(run).display()
         );
-    };
+    }
+    let mut damaged: Vec<(PathBuf, String)> = Vec::new();
+    for dir in all.iter().rev() {
+        match read(dir) {
+            Ok(state) => {
+                if let Some((newest, why)) = damaged.first() {
+                    eprintln!(
+                        "warning: checkpoint {} is damaged ({why}); resuming from the older {}",
+                        newest.display(),
+                        dir.display()
+                    );
+                }
+                return Ok((dir.clone(), state));
+            }
+            Err(e) => damaged.push((dir.clone(), format!("{e:#}"))),
+        }
+    }
+    let list: Vec<String> = damaged
+        .iter()
+        .map(|(d, why)| format!("{}: {why}", d.display()))
+        .collect();
+    bail!(
+        "no intact checkpoint to resume from; remove the damaged ones to start the run again \
+         (`--resume` then starts it from the beginning):\n  {}",
+        list.join("\n  ")
+    )
+}
+
+/// A checkpoint's state, once its files are checked: the state parses and every safetensors
+/// file has a well-formed header whose tensors lie inside the file.
+fn read(dir: &Path) -> Result<TrainState> {
     let path = dir.join(STATE);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let state = serde_json::from_str(&text)
         .with_context(|| format!("{}: malformed checkpoint state", path.display()))?;
-    Ok((dir, state))
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let p = entry?.path();
+            if p.is_dir() {
+                pending.push(p);
+            } else if p.extension().is_some_and(|e| e == "safetensors") {
+                crate::model::io::safetensors::check_safetensors_header(&p)?;
+            }
+        }
+    }
+    Ok(state)
 }

@@ -10,7 +10,7 @@
 use crate::data::Sample;
 use crate::data::tokenize::{Lengths, Tokenized, tokenize_pair, tokenize_prompt};
 use crate::model::Decoder;
-use crate::model::generate::{GenerateOptions, Prompt, generate};
+use crate::model::generate::{GenerateOptions, NonFinite, Prompt, generate};
 use crate::model::layers::Mode;
 use crate::model::sampling::Sampling;
 use crate::response::response_logits;
@@ -204,6 +204,9 @@ fn generated(
         let gens = generate(model, &batch, &opts)?;
         for (j, &i) in chunk.iter().enumerate() {
             let mine = &gens[j * cfg.samples_per_prompt..(j + 1) * cfg.samples_per_prompt];
+            for g in mine {
+                g.check(format_args!("sample `{}`", samples[i].id))?;
+            }
             let entropies: Vec<Vec<f32>> = mine.iter().map(|g| g.entropies.clone()).collect();
             let score = entropies
                 .iter()
@@ -250,6 +253,13 @@ fn teacher_forced(
         for &i in chunk {
             let row = h[offset..offset + pairs[i].response.len()].to_vec();
             offset += row.len();
+            if row.iter().any(|x| !x.is_finite()) {
+                return Err(NonFinite {
+                    what: format!("sample `{}`", samples[i].id),
+                    token: None,
+                }
+                .into());
+            }
             tokens += row.len();
             out[i] = Some(SampleEntropy {
                 id: samples[i].id.clone(),

@@ -6,6 +6,7 @@
 use crate::data::Sample;
 use crate::data::tokenize::{Lengths, tokenize_pair};
 use crate::model::Decoder;
+use crate::model::generate::NonFinite;
 use crate::model::layers::Mode;
 use crate::response::response_log_probs;
 use crate::tokenizer::Tokenizer;
@@ -41,6 +42,13 @@ pub fn score(
         let lps = response_log_probs(model, &pairs, pad, Mode::Eval)?;
         for (s, lp) in chunk.iter().zip(lps) {
             let nll = -lp.iter().map(|&x| x as f64).sum::<f64>() / lp.len() as f64;
+            if !nll.is_finite() {
+                return Err(NonFinite {
+                    what: format!("sample `{}`", s.id),
+                    token: None,
+                }
+                .into());
+            }
             out.push(Score {
                 id: s.id.clone(),
                 nll,

@@ -22,12 +22,44 @@ fn started(dir: &Path) -> bool {
     dir.join("metrics.jsonl").exists() || dir.join("config.toml").exists()
 }
 
+/// What a run makes in its directory before its config: the folders (empty) and the lock.
+const SKELETON: [&str; 4] = ["curriculum", "scores", "plots", ".lock"];
+
+/// Whether `dir` holds nothing but what a run makes before it starts (or nothing at all).
+fn holds_only_skeleton(dir: &Path) -> Result<bool> {
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let ours = SKELETON.iter().any(|s| name == *s);
+        let empty = !entry.path().is_dir() || crate::outputs::is_empty_dir(&entry.path())?;
+        if !(ours && empty) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Whether another `edco train` holds the lock of `dir` now. Takes nothing and writes nothing.
+fn live(dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(dir.join(".lock")) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
+}
+
 impl RunDir {
     /// Decides, without writing anything, where the run goes and what it resumes: `--resume
     /// DIR` continues from DIR's newest checkpoint (or starts again there if it stopped before
-    /// its first), and a new run refuses a directory that already holds one.
+    /// its first), and a new run refuses a directory that already holds one, or anything else.
     pub fn claim(output_dir: &Path, resume: Option<&Path>) -> Result<Self> {
         let path = resume.unwrap_or(output_dir).to_path_buf();
+        if live(&path) {
+            bail!(
+                "{}: another edco train is running in this directory now; wait for it to end, \
+                 or choose another run.output_dir",
+                path.display()
+            );
+        }
         let resumed = match resume {
             // A run that stopped before its first checkpoint has nothing to resume: it starts
             // again.
@@ -59,6 +91,20 @@ impl RunDir {
                         path.display()
                     );
                 }
+                if path.exists() && !path.is_dir() {
+                    bail!(
+                        "run.output_dir {}: is a file; choose a new or empty directory",
+                        path.display()
+                    );
+                }
+                if path.is_dir() && !holds_only_skeleton(&path)? {
+                    bail!(
+                        "run.output_dir {}: already exists and holds files that are not a run's; \
+                         edco train writes its run there (config.toml, metrics.jsonl, checkpoints/, \
+                         ...), so choose a new or empty directory",
+                        path.display()
+                    );
+                }
                 None
             }
         };
@@ -70,9 +116,8 @@ impl RunDir {
         self.resumed.as_ref().map(|(d, _)| d.as_path())
     }
 
-    /// Creates the directory's folders, takes its lock (held while the returned file lives) and
-    /// writes the run's resolved config.
-    pub fn open(&self, cfg: &Config) -> Result<std::fs::File> {
+    /// Creates the directory's folders and takes its lock (held while the returned file lives).
+    pub fn open(&self) -> Result<std::fs::File> {
         for sub in ["curriculum", "scores", "plots"] {
             let d = self.path.join(sub);
             std::fs::create_dir_all(&d).with_context(|| {
@@ -83,12 +128,15 @@ impl RunDir {
                 )
             })?;
         }
-        let lock = self.lock()?;
+        self.lock()
+    }
+
+    /// Writes the run's resolved config, which `--resume` reads.
+    pub fn write_config(&self, cfg: &Config) -> Result<()> {
         write_atomic(
             &self.path.join("config.toml"),
             toml::to_string(cfg)?.as_bytes(),
-        )?;
-        Ok(lock)
+        )
     }
 
     /// Holds an exclusive lock on `.lock` for as long as the returned file lives, so that two

@@ -6,9 +6,10 @@ use crate::data::{Dataset, Format, MCQ_TEMPLATE, QA_TEMPLATE, load_jsonl};
 use crate::model::Trainable;
 use crate::model::io::{Loaded, load};
 use crate::model::lora::load_adapter;
+use crate::outputs::Input;
 use anyhow::{Context, Result};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct ModelArgs {
@@ -56,6 +57,21 @@ impl ModelArgs {
         Ok(loaded)
     }
 
+    /// The files and directories the model is read from, for the output checks.
+    pub fn inputs(&self) -> Vec<Input<'_>> {
+        let mut inputs = vec![Input {
+            name: "--model",
+            path: Path::new(&self.model),
+        }];
+        if let Some(adapter) = &self.adapter {
+            inputs.push(Input {
+                name: "--adapter",
+                path: adapter,
+            });
+        }
+        inputs
+    }
+
     pub fn template_args(&self) -> Result<serde_json::Map<String, serde_json::Value>> {
         let mut map = serde_json::Map::new();
         for a in &self.template_args {
@@ -91,6 +107,13 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
+    pub fn input(&self) -> Input<'_> {
+        Input {
+            name: "--data",
+            path: &self.data,
+        }
+    }
+
     /// Loads the dataset, telling the user how many lines `--skip-invalid` skipped.
     pub fn load(&self) -> Result<Dataset> {
         let opts = read_options(

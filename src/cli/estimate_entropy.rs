@@ -5,6 +5,7 @@ use super::args::{DataArgs, ModelArgs};
 use crate::config::{AggregateKind, EntropySection, HorizonKind, Names, max_length};
 use crate::data::tokenize::Lengths;
 use crate::entropy::{EntropyConfig, Horizon};
+use crate::outputs::{check_file, refuse_inputs};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::path::PathBuf;
@@ -82,9 +83,18 @@ pub struct EstimateEntropyArgs {
     /// Scores file; the summary and pictures are written beside it.
     #[arg(long, default_value = "entropy_scores.jsonl")]
     pub out: PathBuf,
+    /// Replace the scores, summary and pictures if they already exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 impl EstimateEntropyArgs {
+    fn inputs(&self) -> Vec<crate::outputs::Input<'_>> {
+        let mut inputs = self.model.inputs();
+        inputs.push(self.data.input());
+        inputs
+    }
+
     /// The estimator the flags describe, checked as a config's `[entropy]` is.
     fn estimator(&self) -> Result<EntropyConfig> {
         let device = self.model.settings()?.device;
@@ -144,7 +154,6 @@ pub fn run(a: EstimateEntropyArgs) -> Result<()> {
     if samples.is_empty() {
         bail!("{}: no samples to score", a.data.data.display());
     }
-    let loaded = a.model.load()?;
     let opts = crate::audit::AuditOptions {
         out: a.out.clone(),
         bits: a.bits,
@@ -152,5 +161,11 @@ pub fn run(a: EstimateEntropyArgs) -> Result<()> {
         compare_full: a.compare_full.then_some(a.max_tokens),
         top_n_fraction: a.top_n_fraction,
     };
+    // Every output checked before the model loads and the pool is scored.
+    for file in crate::audit::output_files(&opts) {
+        refuse_inputs("--out", &file, &a.inputs())?;
+        check_file("--out", &file, a.force)?;
+    }
+    let loaded = a.model.load()?;
     crate::audit::run(&loaded, &samples, &cfg, &opts)
 }

@@ -4,7 +4,8 @@
 use super::args::ModelArgs;
 use crate::config::{Names, positive, sampling};
 use crate::data::{ReadOptions, load_jsonl};
-use crate::model::generate::{GenerateOptions, Prompt, generate};
+use crate::model::generate::{GenerateOptions, Prompt, generate_with_progress, room};
+use crate::progress::progress_bar;
 use crate::tokenizer::Message;
 use anyhow::{Result, bail};
 use clap::Args;
@@ -93,8 +94,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             })
         })
         .collect::<Result<Vec<_>>>()?;
+    let context = loaded.model.config.max_position_embeddings;
+    let fits = room(context, &prompts, max_new_tokens)?;
+    if fits < max_new_tokens {
+        eprintln!(
+            "warning: --max-new-tokens {max_new_tokens} goes past the model's context of \
+             {context} tokens; generation stops there (at most {fits} new tokens after the \
+             longest prompt)"
+        );
+    }
     let opts = GenerateOptions {
-        max_new_tokens,
+        max_new_tokens: fits,
         sampling,
         eos_token_ids: loaded.eos_token_ids.clone(),
         pad_id: tok.pad_id(),
@@ -103,9 +113,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     };
     let mut stdout = std::io::stdout().lock();
     for (chunk_i, chunk) in prompts.chunks(batch_size).enumerate() {
-        let gens = generate(&loaded.model, chunk, &opts)?;
+        let bar = progress_bar(
+            fits,
+            &format!("generating {} of {}", chunk.len(), prompts.len()),
+        );
+        let gens = generate_with_progress(&loaded.model, chunk, &opts, &mut |step| {
+            bar.set_position(step as u64)
+        })?;
+        bar.finish_and_clear();
         for (j, g) in gens.iter().enumerate() {
             let i = chunk_i * batch_size + j;
+            g.check(format_args!("prompt {}", i + 1))?;
             let text = tok.decode(&g.tokens, true)?;
             if a.jsonl {
                 let mean_entropy =

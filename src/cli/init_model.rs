@@ -3,6 +3,7 @@
 
 use crate::init_model::{InitSpec, init_model};
 use crate::model::config::Arch;
+use crate::outputs::{Input, refuse_inputs};
 use anyhow::{Result, bail};
 use clap::Args;
 use std::path::PathBuf;
@@ -12,9 +13,12 @@ pub struct InitModelArgs {
     /// qwen3 or llama.
     #[arg(long, default_value = "qwen3")]
     pub arch: String,
-    /// Output directory.
+    /// Output directory (new, or empty).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out if it already exists, with everything in it.
+    #[arg(long)]
+    pub force: bool,
     /// A directory with tokenizer.json (and tokenizer_config.json) to use; default: a built-in
     /// byte-level tokenizer with a ChatML template.
     #[arg(long)]
@@ -48,6 +52,14 @@ pub fn run(a: InitModelArgs) -> Result<()> {
         "llama" => Arch::Llama,
         other => bail!("--arch `{other}`: expected qwen3 or llama"),
     };
+    crate::outputs::check_dir("--out", &a.out, a.force)?;
+    if let Some(tokenizer) = &a.tokenizer {
+        let input = Input {
+            name: "--tokenizer",
+            path: tokenizer,
+        };
+        refuse_inputs("--out", &a.out, &[input])?;
+    }
     let spec = InitSpec {
         arch,
         hidden_size: a.hidden_size,

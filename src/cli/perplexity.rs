@@ -4,6 +4,7 @@
 use super::args::{DataArgs, ModelArgs};
 use crate::atomic_file::write_atomic;
 use crate::config::{DataSection, Names, max_length, positive};
+use crate::outputs::{check_file, refuse_inputs};
 use anyhow::Result;
 use clap::Args;
 use std::io::Write;
@@ -18,6 +19,9 @@ pub struct PerplexityArgs {
     /// Write the scores here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace --out if it already exists.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
     /// Longest prompt + response in tokens; prompts are cut from the left beyond it.
@@ -30,6 +34,12 @@ pub fn run(a: PerplexityArgs) -> Result<()> {
     let batch_size = positive("batch_size", a.batch_size, flags)?;
     let max_length = max_length(a.max_length, flags)?;
     let data = a.data.load()?;
+    if let Some(out) = &a.out {
+        let mut inputs = a.model.inputs();
+        inputs.push(a.data.input());
+        refuse_inputs("--out", out, &inputs)?;
+        check_file("--out", out, a.force)?;
+    }
     let loaded = a.model.load()?;
     let scores = crate::perplexity::score(
         &loaded.model,

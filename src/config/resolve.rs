@@ -60,8 +60,15 @@ impl Names {
     }
 
     fn at_least_zero(&self, field: &str, v: f64) -> Result<()> {
-        if !(0.0..).contains(&v) {
-            return self.fail(field, format!("must be >= 0, got {v}"));
+        if !(v.is_finite() && v >= 0.0) {
+            return self.fail(field, format!("must be finite and >= 0, got {v}"));
+        }
+        Ok(())
+    }
+
+    fn finite_positive(&self, field: &str, v: f64) -> Result<()> {
+        if !(v.is_finite() && v > 0.0) {
+            return self.fail(field, format!("must be finite and positive, got {v}"));
         }
         Ok(())
     }
@@ -271,9 +278,8 @@ pub struct OptimizerSettings {
 impl OptimizerSettings {
     fn check(&self, names: Names) -> Result<()> {
         let (lr, min_lr) = (self.learning_rate, self.min_learning_rate);
-        if lr.is_nan() || lr <= 0.0 {
-            return names.fail("learning_rate", format!("must be positive, got {lr}"));
-        }
+        names.finite_positive("learning_rate", lr)?;
+        names.finite_positive("eps", self.eps)?;
         if !(min_lr >= 0.0 && min_lr <= lr) {
             return names.fail(
                 "min_learning_rate",
@@ -347,15 +353,29 @@ impl GrpoSection {
         names.positive("num_iterations", self.num_iterations)?;
         self.optimizer().check(names)?;
         names.at_least_zero("beta", self.beta)?;
-        for (k, v) in [
-            ("epsilon", self.epsilon),
-            ("epsilon_high", self.epsilon_high),
-        ] {
-            if v.is_nan() || v <= 0.0 {
-                return names.fail(k, format!("must be positive, got {v}"));
-            }
-        }
+        names.finite_positive("epsilon", self.epsilon)?;
+        names.finite_positive("epsilon_high", self.epsilon_high)?;
         self.sampling().map(drop)
+    }
+}
+
+/// Refuses a NaN or infinite number anywhere in a config, naming its key: no setting means
+/// anything with one, and each would turn a run's numbers into noise.
+fn finite_everywhere(value: &toml::Value, key: &str) -> Result<()> {
+    match value {
+        toml::Value::Float(f) if !f.is_finite() => {
+            bail!("`{key}`: must be a finite number, got {f}")
+        }
+        toml::Value::Table(t) => t.iter().try_for_each(|(k, v)| {
+            let key = if key.is_empty() {
+                k.clone()
+            } else {
+                format!("{key}.{k}")
+            };
+            finite_everywhere(v, &key)
+        }),
+        toml::Value::Array(items) => items.iter().try_for_each(|v| finite_everywhere(v, key)),
+        _ => Ok(()),
     }
 }
 
@@ -376,6 +396,7 @@ pub struct Settings {
 impl Config {
     /// Checks every setting and returns the values the run uses.
     pub fn resolve(&self) -> Result<Settings> {
+        finite_everywhere(&toml::Value::try_from(self)?, "")?;
         let m = &self.model;
         let model = ModelSettings::resolve(
             &m.source,
@@ -386,6 +407,7 @@ impl Config {
             super::sections::Finetune::Full => Trainable::Full,
             super::sections::Finetune::Lora => {
                 m.lora.validate().context("`model.lora`")?;
+                Names::Section("model.lora").finite_positive("alpha", m.lora.alpha)?;
                 Trainable::Lora(m.lora.clone())
             }
         };

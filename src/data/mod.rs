@@ -175,6 +175,9 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Parses one JSON line with the default options; `line_no` is 1-based and names the default id.
+/// The roles of chat turns that the templates and trainers know.
+pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+
 pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
     parse_record_with(text, line_no, &ReadOptions::default())
 }
@@ -225,6 +228,16 @@ pub fn parse_record_with(text: &str, line_no: usize, opts: &ReadOptions) -> Resu
                 .with_context(|| format!("field `messages[{i}]`: expected an object"))?;
             let role = str_field(m, "role")?
                 .with_context(|| format!("field `messages[{i}].role` is missing"))?;
+            if !ROLES.contains(&role) {
+                bail!(
+                    "field `messages[{i}].role`: `{role}` is not a chat role; expected one of \
+                     {ROLES:?}{}",
+                    match role {
+                        "human" | "gpt" => " (ShareGPT's `human`/`gpt` are `user`/`assistant`)",
+                        _ => "",
+                    }
+                );
+            }
             let content = str_field(m, "content")?
                 .with_context(|| format!("field `messages[{i}].content` is missing"))?;
             msgs.push(Message::new(role, content));
@@ -312,21 +325,44 @@ pub struct Dataset {
     pub skipped: usize,
 }
 
+/// The lines of a JSON Lines file, without a leading UTF-8 byte-order mark (spreadsheets and
+/// Windows tools write one) and without line ends (`\n` or `\r\n`).
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let bytes = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    bytes
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(move |_| !bytes.is_empty())
+}
+
+/// One line of a JSON Lines file: `None` when blank.
+fn parse_line(raw: &[u8], line_no: usize, opts: &ReadOptions) -> Result<Option<Sample>> {
+    let line = std::str::from_utf8(raw).map_err(|e| {
+        anyhow::anyhow!(
+            "not valid UTF-8 (at byte {} of the line); save the file as UTF-8",
+            e.valid_up_to() + 1
+        )
+    })?;
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    parse_record_with(line, line_no, opts).map(Some)
+}
+
 /// Reads a JSON Lines file. Blank lines are ignored; a bad line fails the load with its file and
 /// line number, or is counted and skipped when `skip_invalid` is set. Ids must be unique.
 pub fn load_jsonl(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let mut samples = Vec::new();
     let mut skipped = 0;
     let mut seen = std::collections::HashMap::new();
-    for (i, line) in text.lines().enumerate() {
+    for (i, raw) in lines(&bytes).enumerate() {
         let line_no = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_record_with(line, line_no, opts) {
-            Ok(s) => {
+        let parsed = parse_line(raw, line_no, opts);
+        match parsed.transpose() {
+            None => continue,
+            Some(Ok(s)) => {
                 if let Some(first) = seen.insert(s.id.clone(), line_no) {
                     bail!(
                         "{}:{line_no}: field `id`: `{}` repeats the id of line {first}",
@@ -336,11 +372,11 @@ pub fn load_jsonl(path: &Path, opts: &ReadOptions) -> Result<Dataset> {
                 }
                 samples.push(s);
             }
-            Err(e) if opts.skip_invalid => {
+            Some(Err(e)) if opts.skip_invalid => {
                 tracing::warn!("{}:{line_no}: skipped: {e:#}", path.display());
                 skipped += 1;
             }
-            Err(e) => return Err(e.context(format!("{}:{line_no}", path.display()))),
+            Some(Err(e)) => return Err(e.context(format!("{}:{line_no}", path.display()))),
         }
     }
     Ok(Dataset { samples, skipped })

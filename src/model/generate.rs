@@ -39,7 +39,51 @@ pub struct Generation {
     pub token_log_probs: Vec<f32>,
     /// Whether an EOS token ended it (it is included in `tokens`).
     pub finished: bool,
+    /// Whether it stopped because the model's logits were not finite (NaN or +inf) at its last
+    /// position; callers refuse such a result ([`Generation::check`]).
+    pub non_finite: bool,
     pub log_probs: Option<Vec<Vec<f32>>>,
+}
+
+/// The error of a result computed from non-finite logits: `what` names the sample or prompt,
+/// `token` the generated position. A trainer tells it apart (by type) to report a diverged run.
+#[derive(Debug)]
+pub struct NonFinite {
+    pub what: String,
+    pub token: Option<usize>,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: the model's logits are not finite (NaN or infinity)",
+            self.what
+        )?;
+        if let Some(t) = self.token {
+            write!(f, " at generated token {t}")?;
+        }
+        write!(
+            f,
+            ": its weights hold NaN or infinity, or bf16 overflowed (try the f32 dtype)"
+        )
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
+impl Generation {
+    /// Refuses a generation that stopped at non-finite logits, naming `what` was generated.
+    pub fn check(&self, what: impl std::fmt::Display) -> anyhow::Result<()> {
+        if self.non_finite {
+            return Err(NonFinite {
+                what: what.to_string(),
+                token: Some(self.tokens.len()),
+            }
+            .into());
+        }
+        Ok(())
+    }
 }
 
 /// Generates `samples_per_prompt` completions for every prompt, prompt-major: completion `k` of
@@ -48,6 +92,36 @@ pub fn generate(
     model: &Decoder,
     prompts: &[Prompt],
     opts: &GenerateOptions,
+) -> Result<Vec<Generation>> {
+    generate_with_progress(model, prompts, opts, &mut |_| {})
+}
+
+/// New tokens a batch of prompts may generate within the model's context: `wanted`, or less
+/// when the longest prompt leaves less room. An error when a prompt fills the context.
+pub fn room(context: usize, prompts: &[Prompt], wanted: usize) -> Result<usize> {
+    let (longest, at) = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.ids.len(), i))
+        .max()
+        .unwrap_or((0, 0));
+    if longest >= context {
+        candle_core::bail!(
+            "prompt {} is {longest} tokens: the model's context ({context} tokens, \
+             max_position_embeddings) leaves no room to generate",
+            at + 1
+        );
+    }
+    Ok(wanted.min(context - longest))
+}
+
+/// [`generate`], calling `progress(step)` after every generated position. No row goes past the
+/// model's context (`max_position_embeddings`): generation stops there ([`room`]).
+pub fn generate_with_progress(
+    model: &Decoder,
+    prompts: &[Prompt],
+    opts: &GenerateOptions,
+    progress: &mut dyn FnMut(usize),
 ) -> Result<Vec<Generation>> {
     let n = opts.samples_per_prompt.max(1);
     let mut out: Vec<Generation> = vec![Generation::default(); prompts.len() * n];
@@ -60,13 +134,18 @@ pub fn generate(
     if opts.keep_log_probs {
         out.iter_mut().for_each(|g| g.log_probs = Some(Vec::new()));
     }
+    let max_new_tokens = room(
+        model.config.max_position_embeddings,
+        prompts,
+        opts.max_new_tokens,
+    )?;
     let device = model.device().clone();
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let batch = Batch::left_padded(&rows, opts.pad_id, &device)?;
     let (mut logits, mut caches) = prefill(model, &batch)?;
     // The keys a row can reach: its padded prompt and every new token but the last (which is
     // sampled, never fed back).
-    let steps = batch.ids.dim(1)? + opts.max_new_tokens - 1;
+    let steps = batch.ids.dim(1)? + max_new_tokens - 1;
     caches.iter_mut().for_each(|c| c.reserve(steps));
 
     // Per batch row, for the rows still generating: output index, sampling stream, key mask and
@@ -88,7 +167,7 @@ pub fn generate(
         select_rows(&mut caches, &idx)?;
     }
 
-    for step in 0..opts.max_new_tokens {
+    for step in 0..max_new_tokens {
         let rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let picks: Vec<(u32, f32, f32, Option<Vec<f32>>)> = rows_logits
             .into_par_iter()
@@ -112,14 +191,17 @@ pub fn generate(
             if let (Some(all), Some(full)) = (g.log_probs.as_mut(), full) {
                 all.push(full);
             }
-            if opts.eos_token_ids.contains(&token) {
+            if entropy.is_nan() {
+                g.non_finite = true;
+            } else if opts.eos_token_ids.contains(&token) {
                 g.finished = true;
             } else {
                 keep.push(row);
             }
         }
+        progress(step + 1);
         // Nothing left to generate: no forward pass for logits nobody reads.
-        if keep.is_empty() || step + 1 == opts.max_new_tokens {
+        if keep.is_empty() || step + 1 == max_new_tokens {
             break;
         }
         if keep.len() < active.len() {

@@ -37,8 +37,15 @@ pub struct RowStats {
     pub entropy: f32,
 }
 
+/// Both NaN when a logit is NaN or +inf (or every one is -inf): no distribution to describe.
 pub fn row_stats(logits: &[f32]) -> RowStats {
     let max = exp::max(logits);
+    if !max.is_finite() {
+        return RowStats {
+            log_z: f32::NAN,
+            entropy: f32::NAN,
+        };
+    }
     let (sum, weighted) = exp::exp_moments(logits, max);
     let log_z = max as f64 + sum.ln();
     // H = log Z - E_p[x]

@@ -134,6 +134,7 @@ impl Evaluator<'_> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             for (s, g) in chunk.iter().zip(generate(self.model, &prompts, &opts)?) {
+                g.check(format_args!("eval sample `{}`", s.id))?;
                 let reply = self.tok.decode(&g.tokens, true)?;
                 correct += usize::from(check(self.answer_check, s, &reply) == Some(true));
             }

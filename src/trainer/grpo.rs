@@ -106,6 +106,9 @@ pub fn rollout(
     let mut out = Vec::with_capacity(prompts.len());
     for (i, prompt) in prompts.iter().enumerate() {
         let group = &gens[i * p.num_generations..(i + 1) * p.num_generations];
+        for g in group {
+            g.check(format_args!("a rollout of prompt {} of the step", i + 1))?;
+        }
         let rewards = group
             .iter()
             .map(|g| reward(i, &g.tokens))

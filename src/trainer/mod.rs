@@ -21,7 +21,9 @@ use crate::data::{Sample, load_jsonl};
 use crate::model::Trainable;
 use crate::model::io::{LoadOptions, Loaded, load};
 use crate::model::lora::load_adapter;
+use crate::outputs::{Input, refuse_inputs};
 use crate::report;
+use crate::resume::{self, Fingerprint};
 use crate::run_dir::RunDir;
 use anyhow::{Context, Result, bail};
 use optim::AdamW;
@@ -36,17 +38,60 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let mut method = method_of(cfg)?;
     let (pool, eval) = read_data(cfg, &settings, method.as_ref())?;
     let plan = Plan::new(cfg, method.as_ref(), pool.len());
+    // Everything that can be checked without the model's weights, before any is read (and all
+    // of it in a dry run too): the run directory may be used, it is none of the inputs, the
+    // model can be found.
+    let run_dir = RunDir::claim(&cfg.run.output_dir, resume)?;
+    if run_dir.resumed.is_none() && resume.is_none() {
+        refuse_inputs("run.output_dir", &run_dir.path, &inputs(cfg, &settings))?;
+    }
+    let model = crate::model::io::hub::check(&settings.model.source).context("`model.source`")?;
+    let changes = check_resume(cfg, &run_dir, pool.len())?;
     if dry_run {
         println!("{}", toml::to_string(cfg)?);
         println!("# {}", plan.describe(cfg));
+        println!("# model: {model}");
         println!("# eval: {} held-out samples", eval.len());
-        return Ok(cfg.run.output_dir.clone());
+        match run_dir.checkpoint() {
+            Some(ckpt) => println!("# resumes from {}", ckpt.display()),
+            None => println!("# writes the run to {}", run_dir.path.display()),
+        }
+        return Ok(run_dir.path.clone());
     }
-    let run_dir = RunDir::claim(&cfg.run.output_dir, resume)?;
+    // The model's and the data's fingerprint (which may download a hub model, as loading it
+    // would): a resume refuses other ones.
+    let fingerprint = Fingerprint::of(cfg, &settings.model.source, (pool.len(), eval.len()))?;
+    if run_dir.resumed.is_some() {
+        match Fingerprint::load(&run_dir.path)? {
+            Some(then) => then.check_unchanged(&fingerprint, cfg, &run_dir.path)?,
+            None => eprintln!(
+                "warning: {} has no {} (started by an earlier edco): the model and data cannot \
+                 be checked against the ones the run began with",
+                run_dir.path.display(),
+                resume::FINGERPRINT
+            ),
+        }
+    }
     // The model (and its device) first: a model or device that cannot be opened leaves the
     // output directory untouched.
     let loaded = load_model(cfg, &settings, run_dir.checkpoint())?;
-    let _lock = run_dir.open(cfg)?;
+    let _lock = run_dir.open()?;
+    match run_dir.checkpoint() {
+        None => fingerprint.save(&run_dir.path)?,
+        Some(ckpt) => {
+            for c in &changes {
+                eprintln!("resuming with {} = {} (was {})", c.key, c.now, c.was);
+            }
+            resume::record(&run_dir.path, Some(ckpt), &changes)?
+        }
+    }
+    run_dir.write_config(cfg)?;
+    if run_dir.resumed.is_none() {
+        let run = run_dir.path.display();
+        crate::interrupt::keep(format!(
+            "the run in {run} has no checkpoint yet; `edco train --resume {run}` starts it again"
+        ));
+    }
     eprintln!("{}", plan.describe(cfg));
     method.prepare(&settings, &loaded)?;
     let pairs = tokenize_pool(cfg, &settings, method.as_ref(), &loaded, &pool)?;
@@ -84,6 +129,50 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     report::draw_plots(&run_dir.path)?;
     report::summarize(&run_dir.path, &state)?;
     Ok(run_dir.path.clone())
+}
+
+/// A resume goes on only with overrides that keep its state meaningful, and a pool of the size
+/// its curriculum has; returns the overrides. Checked before anything is written (the model's
+/// and data's fingerprints are checked once a dry run has returned).
+fn check_resume(cfg: &Config, run_dir: &RunDir, pool: usize) -> Result<Vec<resume::Change>> {
+    let Some((_, state)) = &run_dir.resumed else {
+        return Ok(Vec::new());
+    };
+    let dir = &run_dir.path;
+    let stored = Config::load(&dir.join("config.toml"), &[])?;
+    let changes = resume::changes(&stored, cfg)?;
+    // Even without a fingerprint, the pool's size tells a changed pool from the run's.
+    if state.curriculum.scores.len() != pool {
+        bail!(
+            "cannot resume {}: data.train {} has {pool} samples, the run's curriculum {}; \
+             restore the pool the run began with, or start a new run",
+            dir.display(),
+            cfg.data.train.display(),
+            state.curriculum.scores.len()
+        );
+    }
+    Ok(changes)
+}
+
+/// What the run reads, for the check that it writes none of it.
+fn inputs<'a>(cfg: &'a Config, settings: &'a Settings) -> Vec<Input<'a>> {
+    let mut inputs = vec![
+        Input {
+            name: "model.source",
+            path: Path::new(&settings.model.source),
+        },
+        Input {
+            name: "data.train",
+            path: &cfg.data.train,
+        },
+    ];
+    if !cfg.data.eval.as_os_str().is_empty() {
+        inputs.push(Input {
+            name: "data.eval",
+            path: &cfg.data.eval,
+        });
+    }
+    inputs
 }
 
 /// The trainer of `cfg.method`: the one place the loop reads which it is.

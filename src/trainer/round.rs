@@ -14,6 +14,7 @@ use crate::data::Sample;
 use crate::data::tokenize::Tokenized;
 use crate::entropy::{EntropyConfig, estimate};
 use crate::model::Trainable;
+use crate::model::generate::NonFinite;
 use crate::model::io::{Loaded, save_hf_dir};
 use crate::model::lora::save_adapter;
 use crate::progress::progress_bar;
@@ -23,7 +24,7 @@ use anyhow::{Result, anyhow};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything every round uses, set up once.
@@ -54,6 +55,7 @@ impl Rounds<'_> {
                 state.global_step
             );
             let metrics = self.run_dir.metrics(Some(state.metrics_lines))?;
+            self.kept(dir, state);
             return Ok((state.clone(), metrics));
         }
         let cfg = self.cfg;
@@ -97,7 +99,9 @@ impl Rounds<'_> {
         let t = Instant::now();
         if state.curriculum.needs_model_scores(round) {
             let idx = state.curriculum.to_score(round);
-            let scores = self.scores(&idx, round)?;
+            let scores = self
+                .scores(&idx, round)
+                .map_err(|e| self.if_diverged(e, state.global_step, round))?;
             state.curriculum.record(round, &idx, &scores);
             let lines: Vec<serde_json::Value> = idx
                 .iter()
@@ -224,7 +228,7 @@ impl Rounds<'_> {
             tracing::debug!("{line}");
             metrics.log(line)?;
             if !report.loss.is_finite() {
-                return Err(self.diverged(state.global_step, round)?);
+                return Err(self.loss_diverged(state.global_step, round)?);
             }
             bar.inc(1);
             let every = cfg.run.checkpoint_every_steps;
@@ -238,8 +242,35 @@ impl Rounds<'_> {
         Ok(train_seconds)
     }
 
+    /// A scoring or evaluation error from non-finite logits after training began means the run
+    /// diverged: said so, with the step and what to do. Other errors pass as they are.
+    fn if_diverged(&self, e: anyhow::Error, step: usize, round: usize) -> anyhow::Error {
+        if step == 0 || e.downcast_ref::<NonFinite>().is_none() {
+            return e;
+        }
+        let what = format!("after step {step} (round {round}), {e}");
+        self.diverged(&what).unwrap_or_else(|io| io)
+    }
+
     /// The error of a step whose loss is not finite, with what to do about it.
-    fn diverged(&self, step: usize, round: usize) -> Result<anyhow::Error> {
+    fn loss_diverged(&self, step: usize, round: usize) -> Result<anyhow::Error> {
+        if step == 1 && self.run_dir.resumed.is_none() {
+            // No update has been made: the learning rate is not the cause.
+            return Ok(anyhow!(
+                "step 1 (round {round}): the loss is not finite before any update: the model \
+                 ({}) or the data give NaN or infinity; check them with `edco perplexity \
+                 --model {0} --data {}`, or try model.dtype = \"f32\"",
+                self.cfg.model.source,
+                self.cfg.data.train.display()
+            ));
+        }
+        self.diverged(&format!(
+            "step {step} (round {round}): the loss is not finite"
+        ))
+    }
+
+    /// A diverged run's error: `what` was not finite; stopping, and how to go on.
+    fn diverged(&self, what: &str) -> Result<anyhow::Error> {
         let (run, section) = (self.run_dir.path.display(), self.method.section());
         let advice = match checkpoint::list(&self.run_dir.path)?.pop() {
             Some(last) => format!(
@@ -252,9 +283,7 @@ impl Rounds<'_> {
                  --set {section}.learning_rate=<lower>"
             ),
         };
-        Ok(anyhow!(
-            "step {step} (round {round}): the loss is not finite; stopping. {advice}"
-        ))
+        Ok(anyhow!("{what}; the run diverged, stopping. {advice}"))
     }
 
     /// The third phase: evaluates, logs the round and checkpoints it.
@@ -269,7 +298,9 @@ impl Rounds<'_> {
         let report = if self.eval.is_empty() {
             EvalReport::default()
         } else {
-            self.evaluator().run(self.eval, &self.cfg.eval)?
+            self.evaluator()
+                .run(self.eval, &self.cfg.eval)
+                .map_err(|e| self.if_diverged(e, state.global_step, round))?
         };
         let new = state.picks.iter().filter(|p| !p.seen).count();
         metrics.log(json!({
@@ -315,7 +346,20 @@ impl Rounds<'_> {
             "checkpoint written to {}",
             dir.display()
         );
+        self.kept(&dir, state);
         Ok(dir)
+    }
+
+    /// Tells an interruption what it keeps: the newest checkpoint, and how to go on from it.
+    fn kept(&self, checkpoint: &Path, state: &TrainState) {
+        let run = self.run_dir.path.display();
+        crate::interrupt::keep(format!(
+            "the run in {run} keeps checkpoint {} (round {}, step {}); continue it with \
+             `edco train --resume {run}`",
+            checkpoint.display(),
+            state.round,
+            state.global_step
+        ));
     }
 
     fn evaluator(&self) -> Evaluator<'_> {
@@ -324,7 +368,11 @@ impl Rounds<'_> {
             tok: &self.loaded.tokenizer,
             eos_token_ids: &self.loaded.eos_token_ids,
             template_args: &self.settings.template_args,
-            lengths: self.cfg.data.lengths(),
+            lengths: self
+                .cfg
+                .data
+                .lengths()
+                .within(self.loaded.model.config.max_position_embeddings),
             answer_check: self.cfg.data.answer_check,
         }
     }

@@ -135,6 +135,7 @@ fn estimate_entropy_writes_scores_summary_and_pictures() {
             "12",
             "--seed",
             "5",
+            "--force",
         ];
         args.extend_from_slice(extra);
         let o = edco(&args);

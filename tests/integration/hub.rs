@@ -46,7 +46,9 @@ fn checks(home: &Path) {
     };
     assert!(
         e.contains("model `nobody/no-such-model`")
-            && e.contains("not found in the local hub cache"),
+            && e.contains(
+                "no such file or directory here; as a hub id, not in the local hub cache"
+            ),
         "{e}"
     );
 

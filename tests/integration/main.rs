@@ -14,5 +14,6 @@ mod model;
 mod parity;
 mod perplexity;
 mod readme;
+mod reliability;
 mod smollm2;
 mod train;

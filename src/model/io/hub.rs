@@ -34,11 +34,47 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
             path.display()
         );
     }
-    let is_hub_id = spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.contains("//");
+    check_hub_id(spec)?;
+    hub_snapshot(spec).map(ModelFiles::HfDir)
+}
+
+/// Refuses a name that is not a path on this machine and cannot be a hub id either: a path
+/// with a typo is answered as a missing path, not looked up on the hub.
+fn check_hub_id(spec: &str) -> Result<()> {
+    let is_hub_id = spec.split('/').count() == 2
+        && !spec.starts_with(['.', '/', '~'])
+        && !spec.contains("//")
+        && !spec.contains('\\')
+        && !spec.ends_with(".gguf");
     if !is_hub_id {
         bail!("model `{spec}`: no such file or directory, and not a hub id like `Qwen/Qwen3-4B`");
     }
-    hub_snapshot(spec).map(ModelFiles::HfDir)
+    let (owner, _) = spec.split_once('/').unwrap_or((spec, ""));
+    if Path::new(owner).is_dir() {
+        bail!(
+            "model `{spec}`: no such file or directory (the folder `{owner}` here does not hold \
+             it); a hub id is not read from a local folder of its owner's name"
+        );
+    }
+    Ok(())
+}
+
+/// What loading `spec` would read, checked without reading weights or downloading: a local
+/// model directory or GGUF file, or a hub id (said whether its files are cached).
+pub fn check(spec: &str) -> Result<String> {
+    let path = Path::new(spec);
+    if path.exists() {
+        return Ok(match resolve(spec)? {
+            ModelFiles::HfDir(dir) => format!("the model directory {}", dir.display()),
+            ModelFiles::Gguf(file) => format!("the GGUF file {}", file.display()),
+        });
+    }
+    check_hub_id(spec)?;
+    let cached = hf_hub::Cache::from_env().model(spec.to_string());
+    Ok(match cached.get("config.json") {
+        Some(_) => format!("the hub model `{spec}` from the local hub cache"),
+        None => format!("the hub model `{spec}`, to be downloaded (it is not in the local cache)"),
+    })
 }
 
 /// Fetches (or finds in the local cache) the files of hub model `id`; returns the snapshot dir.
@@ -64,7 +100,8 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
     };
     let not_found = |e: anyhow::Error| {
         e.context(format!(
-            "model `{id}`: not found in the local hub cache ({}) and could not be downloaded",
+            "model `{id}`: no such file or directory here; as a hub id, not in the local hub \
+             cache ({}) and could not be downloaded",
             cache.path().display()
         ))
     };

@@ -135,9 +135,62 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Validates that the header fits in the file and every tensor's byte range lies inside it, so a
-/// truncated download is reported by name instead of failing deep in a read.
-fn check_safetensors_header(path: &Path) -> Result<()> {
+/// Bytes per element of a safetensors dtype; `None` for the sub-byte ones (F4, F6_*), whose
+/// sizes are not checked here, and for names safetensors does not define.
+fn dtype_size(dtype: &str) -> Option<Option<u64>> {
+    Some(match dtype {
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" | "F8_E4M3FNUZ"
+        | "F8_E5M2FNUZ" => Some(1),
+        "I16" | "U16" | "F16" | "BF16" => Some(2),
+        "I32" | "U32" | "F32" => Some(4),
+        "C64" | "F64" | "I64" | "U64" => Some(8),
+        "F4" | "F6_E2M3" | "F6_E3M2" => None,
+        _ => return None,
+    })
+}
+
+/// Checks one tensor's header entry against the data section, naming the tensor.
+fn check_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<()> {
+    let dtype = entry.get("dtype").and_then(|d| d.as_str()).unwrap_or("");
+    let Some(size) = dtype_size(dtype) else {
+        bail!("tensor `{name}`: unknown dtype `{dtype}`");
+    };
+    let shape: Option<Vec<u64>> = entry
+        .get("shape")
+        .and_then(|s| s.as_array())
+        .and_then(|s| s.iter().map(|d| d.as_u64()).collect());
+    let Some(shape) = shape else {
+        bail!("tensor `{name}`: `shape` is not a list of sizes");
+    };
+    let offsets = entry
+        .get("data_offsets")
+        .and_then(|o| Some((o.get(0)?.as_u64()?, o.get(1)?.as_u64()?)));
+    let Some((start, end)) = offsets.filter(|(a, b)| a <= b) else {
+        bail!("tensor `{name}`: `data_offsets` is not a [start, end] pair");
+    };
+    if end > data_len {
+        bail!(
+            "tensor `{name}`: truncated safetensors file (the tensor's data ends at byte {end}, \
+             the file has {data_len} bytes of data)"
+        );
+    }
+    let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    if let (Some(size), Some(n)) = (size, elements)
+        && n.checked_mul(size) != Some(end - start)
+    {
+        bail!(
+            "tensor `{name}`: shape {shape:?} of {dtype} needs {} bytes, its data_offsets give {}",
+            n.saturating_mul(size),
+            end - start
+        );
+    }
+    Ok(())
+}
+
+/// Validates that the header fits in the file and every tensor's entry is well formed, with
+/// its bytes inside the file, so a truncated download or a corrupt header is reported by file
+/// and tensor instead of failing deep in a read.
+pub fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let file_len = f.metadata()?.len();
@@ -156,19 +209,14 @@ fn check_safetensors_header(path: &Path) -> Result<()> {
     let json: serde_json::Value = serde_json::from_slice(&header)
         .with_context(|| format!("{}: corrupt safetensors header", path.display()))?;
     let data_len = file_len - 8 - header_len;
-    let end = json
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != "__metadata__")
-        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
-        .max()
-        .unwrap_or(0);
-    if end > data_len {
+    let Some(entries) = json.as_object() else {
         bail!(
-            "{}: truncated safetensors file (tensors need {end} bytes of data, the file has {data_len})",
+            "{}: corrupt safetensors header (not a JSON object)",
             path.display()
         );
+    };
+    for (name, entry) in entries.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        check_entry(name, entry, data_len).with_context(|| format!("{}", path.display()))?;
     }
     Ok(())
 }
