@@ -113,10 +113,17 @@ fn prune(root: &Path, keep_last: usize) -> Result<()> {
     Ok(())
 }
 
-/// The newest intact checkpoint of a run and its state. A damaged newer one (a disk error, a
-/// hand edit) is reported and passed over, not removed: the run writes a checkpoint of the same
-/// name over it when it gets there again.
+/// The newest intact checkpoint of a run and its state.
 pub fn latest(run: &Path) -> Result<(PathBuf, TrainState)> {
+    latest_intact(run).map(|(dir, state, _)| (dir, state))
+}
+
+/// Damaged checkpoints, each with what is wrong with it.
+pub type Damaged = Vec<(PathBuf, String)>;
+
+/// The newest intact checkpoint of a run, its state, and the damaged newer ones (a disk error,
+/// a hand edit) passed over, each with what is wrong with it. Reads only.
+pub fn latest_intact(run: &Path) -> Result<(PathBuf, TrainState, Damaged)> {
     let all = list(run)?;
     if all.is_empty() {
         bail!(
@@ -124,19 +131,10 @@ pub fn latest(run: &Path) -> Result<(PathBuf, TrainState)> {
             checkpoints_dir(run).display()
         );
     }
-    let mut damaged: Vec<(PathBuf, String)> = Vec::new();
+    let mut damaged = Damaged::new();
     for dir in all.iter().rev() {
         match read(dir) {
-            Ok(state) => {
-                if let Some((newest, why)) = damaged.first() {
-                    eprintln!(
-                        "warning: checkpoint {} is damaged ({why}); resuming from the older {}",
-                        newest.display(),
-                        dir.display()
-                    );
-                }
-                return Ok((dir.clone(), state));
-            }
+            Ok(state) => return Ok((dir.clone(), state, damaged)),
             Err(e) => damaged.push((dir.clone(), format!("{e:#}"))),
         }
     }
@@ -149,6 +147,23 @@ pub fn latest(run: &Path) -> Result<(PathBuf, TrainState)> {
          (`--resume` then starts it from the beginning):\n  {}",
         list.join("\n  ")
     )
+}
+
+/// Where a damaged checkpoint is moved, out of the way of rotation and resumes but kept.
+pub fn set_aside(dir: &Path) -> Result<PathBuf> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("checkpoint");
+    let mut to = dir.with_file_name(format!("damaged_{name}"));
+    let mut k = 1;
+    while to.exists() {
+        k += 1;
+        to = dir.with_file_name(format!("damaged_{name}.{k}"));
+    }
+    std::fs::rename(dir, &to)
+        .with_context(|| format!("moving damaged checkpoint {} aside", dir.display()))?;
+    Ok(to)
 }
 
 /// A checkpoint's state, once its files are checked: the state parses and every safetensors

@@ -15,7 +15,7 @@ pub fn install() {
         let kept = KEPT.lock().ok().and_then(|k| k.clone());
         match kept {
             Some(what) => eprintln!("\ninterrupted: {what}"),
-            None => eprintln!("\ninterrupted: nothing was written"),
+            None => eprintln!("\ninterrupted"),
         }
         std::process::exit(INTERRUPTED);
     });

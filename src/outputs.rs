@@ -31,13 +31,19 @@ fn within(path: &Path, dir: &Path) -> bool {
     let Ok(dir) = dir.canonicalize() else {
         return false;
     };
-    // The deepest existing ancestor of `path` decides (the path itself may not exist yet).
+    // The deepest existing ancestor of `path` decides (the path itself may not exist yet); a
+    // bare relative name lies in the current directory.
     let mut probe = Some(path);
     while let Some(p) = probe {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
         if let Ok(c) = p.canonicalize() {
             return c.starts_with(&dir);
         }
-        probe = p.parent().filter(|q| !q.as_os_str().is_empty());
+        probe = p.parent();
     }
     false
 }

@@ -10,6 +10,7 @@
 use crate::atomic_file::write_atomic;
 use crate::config::Config;
 use crate::model::io::hub::{ModelFiles, resolve};
+use crate::model::io::safetensors::weight_files;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -67,20 +68,22 @@ pub struct DataPrint {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
     /// A digest of the model's files: names, sizes and sampled content (the whole of small
-    /// files; of large ones their start, end and 16 slices between).
+    /// files; of large ones their start, end and 16 slices between). Empty when a resume that
+    /// does not read the base model (full fine-tuning) cannot find it.
     pub model: String,
     pub train: DataPrint,
     pub eval: Option<DataPrint>,
 }
 
 impl Fingerprint {
-    /// The fingerprint of `cfg`'s model and data, with the sample counts the run read.
-    pub fn of(cfg: &Config, source: &str, samples: (usize, usize)) -> Result<Self> {
+    /// The fingerprint of `cfg`'s model (`None`: not looked at) and data, with the sample counts
+    /// the run read.
+    pub fn of(cfg: &Config, source: Option<&str>, samples: (usize, usize)) -> Result<Self> {
         let eval = (!cfg.data.eval.as_os_str().is_empty())
             .then(|| data_print(&cfg.data.eval, samples.1))
             .transpose()?;
         Ok(Self {
-            model: model_digest(source)?,
+            model: source.map(model_digest).transpose()?.unwrap_or_default(),
             train: data_print(&cfg.data.train, samples.0)?,
             eval,
         })
@@ -110,7 +113,7 @@ impl Fingerprint {
     pub fn check_unchanged(&self, now: &Self, cfg: &Config, run: &Path) -> Result<()> {
         let fresh =
             "restore it, or start a new run (a new run.output_dir) to train on what is there now";
-        if self.model != now.model {
+        if !now.model.is_empty() && !self.model.is_empty() && self.model != now.model {
             bail!(
                 "cannot resume {}: model.source `{}` is not the model the run started with (its \
                  files differ from those recorded in {FINGERPRINT}); {fresh}",
@@ -172,21 +175,15 @@ fn hex(bytes: &[u8]) -> String {
 const SLICE: u64 = 1 << 20;
 const SLICES: u64 = 16;
 
-/// A digest of a model's files (directory or GGUF) by name, size and sampled content: any
+/// A digest of the files a model is loaded from (its config and weights, or its GGUF file) by
+/// name, size and sampled content: any
 /// other checkpoint differs in it, and a 4B model costs a few dozen megabytes of reading.
 pub fn model_digest(source: &str) -> Result<String> {
     let files = match resolve(source)? {
         ModelFiles::Gguf(path) => vec![path],
         ModelFiles::HfDir(dir) => {
-            let mut files: Vec<_> = std::fs::read_dir(&dir)
-                .with_context(|| format!("reading {}", dir.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name == "config.json" || name.ends_with(".safetensors")
-                })
-                .collect();
-            files.sort();
+            let mut files = vec![dir.join("config.json")];
+            files.extend(weight_files(&dir)?);
             files
         }
     };

@@ -15,6 +15,8 @@ pub struct RunDir {
     pub path: PathBuf,
     /// The checkpoint to resume from and its state; `None` for a run from the beginning.
     pub resumed: Option<(PathBuf, TrainState)>,
+    /// Damaged checkpoints newer than the one resumed from, moved aside when the run opens.
+    damaged: Vec<PathBuf>,
 }
 
 /// Whether a run has started in `dir` (written its config or a metrics line).
@@ -60,6 +62,7 @@ impl RunDir {
                 path.display()
             );
         }
+        let mut damaged = Vec::new();
         let resumed = match resume {
             // A run that stopped before its first checkpoint has nothing to resume: it starts
             // again.
@@ -76,7 +79,18 @@ impl RunDir {
                 );
                 None
             }
-            Some(dir) => Some(checkpoint::latest(dir)?),
+            Some(dir) => {
+                let (ckpt, state, bad) = checkpoint::latest_intact(dir)?;
+                for (d, why) in &bad {
+                    eprintln!(
+                        "warning: checkpoint {} is damaged ({why}); resuming from the older {}",
+                        d.display(),
+                        ckpt.display()
+                    );
+                }
+                damaged = bad.into_iter().map(|(d, _)| d).collect();
+                Some((ckpt, state))
+            }
             None => {
                 if checkpoint::list(&path)?.last().is_some() {
                     bail!(
@@ -108,7 +122,11 @@ impl RunDir {
                 None
             }
         };
-        Ok(Self { path, resumed })
+        Ok(Self {
+            path,
+            resumed,
+            damaged,
+        })
     }
 
     /// The checkpoint the run resumes from.
@@ -116,7 +134,9 @@ impl RunDir {
         self.resumed.as_ref().map(|(d, _)| d.as_path())
     }
 
-    /// Creates the directory's folders and takes its lock (held while the returned file lives).
+    /// Creates the directory's folders and takes its lock (held while the returned file lives);
+    /// moves damaged checkpoints aside (kept, named `damaged_...`), so rotation never keeps one
+    /// over a good checkpoint.
     pub fn open(&self) -> Result<std::fs::File> {
         for sub in ["curriculum", "scores", "plots"] {
             let d = self.path.join(sub);
@@ -128,7 +148,12 @@ impl RunDir {
                 )
             })?;
         }
-        self.lock()
+        let lock = self.lock()?;
+        for d in &self.damaged {
+            let to = checkpoint::set_aside(d)?;
+            eprintln!("moved the damaged checkpoint aside to {}", to.display());
+        }
+        Ok(lock)
     }
 
     /// Writes the run's resolved config, which `--resume` reads.

@@ -95,16 +95,33 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let context = loaded.model.config.max_position_embeddings;
-    let fits = room(context, &prompts, max_new_tokens)?;
-    if fits < max_new_tokens {
+    if let Some((i, p)) = prompts
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.ids.len() >= context)
+    {
+        bail!(
+            "prompt {} is {} tokens: the model's context ({context} tokens, \
+             max_position_embeddings) leaves no room to generate",
+            i + 1,
+            p.ids.len()
+        );
+    }
+    let short: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| room(context, p.ids.len(), max_new_tokens) < max_new_tokens)
+        .map(|(i, p)| format!("{} ({} new tokens)", i + 1, context - p.ids.len()))
+        .collect();
+    if !short.is_empty() {
         eprintln!(
             "warning: --max-new-tokens {max_new_tokens} goes past the model's context of \
-             {context} tokens; generation stops there (at most {fits} new tokens after the \
-             longest prompt)"
+             {context} tokens; generation stops there for prompt {}",
+            short.join(", ")
         );
     }
     let opts = GenerateOptions {
-        max_new_tokens: fits,
+        max_new_tokens,
         sampling,
         eos_token_ids: loaded.eos_token_ids.clone(),
         pad_id: tok.pad_id(),
@@ -114,7 +131,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     for (chunk_i, chunk) in prompts.chunks(batch_size).enumerate() {
         let bar = progress_bar(
-            fits,
+            max_new_tokens,
             &format!("generating {} of {}", chunk.len(), prompts.len()),
         );
         let gens = generate_with_progress(&loaded.model, chunk, &opts, &mut |step| {

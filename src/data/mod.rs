@@ -174,10 +174,10 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// Parses one JSON line with the default options; `line_no` is 1-based and names the default id.
 /// The roles of chat turns that the templates and trainers know.
-pub const ROLES: [&str; 3] = ["system", "user", "assistant"];
+pub const ROLES: [&str; 4] = ["system", "user", "assistant", "tool"];
 
+/// Parses one JSON line with the default options; `line_no` is 1-based and names the default id.
 pub fn parse_record(text: &str, line_no: usize) -> Result<Sample> {
     parse_record_with(text, line_no, &ReadOptions::default())
 }

@@ -96,27 +96,15 @@ pub fn generate(
     generate_with_progress(model, prompts, opts, &mut |_| {})
 }
 
-/// New tokens a batch of prompts may generate within the model's context: `wanted`, or less
-/// when the longest prompt leaves less room. An error when a prompt fills the context.
-pub fn room(context: usize, prompts: &[Prompt], wanted: usize) -> Result<usize> {
-    let (longest, at) = prompts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.ids.len(), i))
-        .max()
-        .unwrap_or((0, 0));
-    if longest >= context {
-        candle_core::bail!(
-            "prompt {} is {longest} tokens: the model's context ({context} tokens, \
-             max_position_embeddings) leaves no room to generate",
-            at + 1
-        );
-    }
-    Ok(wanted.min(context - longest))
+/// New tokens a prompt of `len` tokens may generate within a context of `context`: `wanted`,
+/// or fewer when the prompt leaves less room.
+pub fn room(context: usize, len: usize, wanted: usize) -> usize {
+    wanted.min(context.saturating_sub(len))
 }
 
 /// [`generate`], calling `progress(step)` after every generated position. No row goes past the
-/// model's context (`max_position_embeddings`): generation stops there ([`room`]).
+/// model's context (`max_position_embeddings`): each stops there, unfinished ([`room`]); a
+/// prompt that fills the context is an error.
 pub fn generate_with_progress(
     model: &Decoder,
     prompts: &[Prompt],
@@ -134,11 +122,21 @@ pub fn generate_with_progress(
     if opts.keep_log_probs {
         out.iter_mut().for_each(|g| g.log_probs = Some(Vec::new()));
     }
-    let max_new_tokens = room(
-        model.config.max_position_embeddings,
-        prompts,
-        opts.max_new_tokens,
-    )?;
+    let context = model.config.max_position_embeddings;
+    if let Some(p) = prompts.iter().position(|p| p.ids.len() >= context) {
+        candle_core::bail!(
+            "prompt {} of the batch is {} tokens: the model's context ({context} tokens, \
+             max_position_embeddings) leaves no room to generate",
+            p + 1,
+            prompts[p].ids.len()
+        );
+    }
+    // Each row's own limit, and the longest of them for the loop.
+    let limits: Vec<usize> = prompts
+        .iter()
+        .map(|p| room(context, p.ids.len(), opts.max_new_tokens))
+        .collect();
+    let max_new_tokens = limits.iter().copied().max().unwrap_or(0);
     let device = model.device().clone();
     let rows: Vec<Vec<u32>> = prompts.iter().map(|p| p.ids.clone()).collect();
     let batch = Batch::left_padded(&rows, opts.pad_id, &device)?;
@@ -195,7 +193,7 @@ pub fn generate_with_progress(
                 g.non_finite = true;
             } else if opts.eos_token_ids.contains(&token) {
                 g.finished = true;
-            } else {
+            } else if g.tokens.len() < limits[active[row] / n] {
                 keep.push(row);
             }
         }

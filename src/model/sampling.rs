@@ -40,13 +40,14 @@ pub struct RowStats {
 /// Both NaN when a logit is NaN or +inf (or every one is -inf): no distribution to describe.
 pub fn row_stats(logits: &[f32]) -> RowStats {
     let max = exp::max(logits);
-    if !max.is_finite() {
+    // A NaN logit is skipped by the maximum but makes the sums NaN.
+    let (sum, weighted) = exp::exp_moments(logits, max);
+    if !(max.is_finite() && sum.is_finite() && weighted.is_finite()) {
         return RowStats {
             log_z: f32::NAN,
             entropy: f32::NAN,
         };
     }
-    let (sum, weighted) = exp::exp_moments(logits, max);
     let log_z = max as f64 + sum.ln();
     // H = log Z - E_p[x]
     let entropy = sum.ln() - weighted / sum;

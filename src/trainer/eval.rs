@@ -95,14 +95,16 @@ impl Evaluator<'_> {
         Ok(report)
     }
 
-    fn prompt_ids(&self, s: &Sample) -> Result<Vec<u32>> {
-        let (ids, _) = tokenize_prompt(
-            self.tok,
-            &s.messages,
-            self.template_args,
-            self.lengths.prompt_limit(),
-        )
-        .with_context(|| format!("sample `{}`", s.id))?;
+    /// A prompt for a generated answer of up to `answer` tokens, cut to leave it room.
+    fn prompt_ids(&self, s: &Sample, answer: usize) -> Result<Vec<u32>> {
+        let context = self.model.config.max_position_embeddings;
+        let limit = self
+            .lengths
+            .prompt_limit()
+            .min(context.saturating_sub(answer))
+            .max(1);
+        let (ids, _) = tokenize_prompt(self.tok, &s.messages, self.template_args, limit)
+            .with_context(|| format!("sample `{}`", s.id))?;
         Ok(ids)
     }
 
@@ -128,7 +130,7 @@ impl Evaluator<'_> {
                 .iter()
                 .map(|s| {
                     Ok(Prompt {
-                        ids: self.prompt_ids(s)?,
+                        ids: self.prompt_ids(s, cfg.max_new_tokens)?,
                         seed: 0,
                     })
                 })
@@ -154,7 +156,7 @@ impl Evaluator<'_> {
         for chunk in mcq.chunks(batch_size.max(1)) {
             let rows = chunk
                 .iter()
-                .map(|s| self.prompt_ids(s))
+                .map(|s| self.prompt_ids(s, 0))
                 .collect::<Result<Vec<_>>>()?;
             let batch = Batch::left_padded(&rows, self.tok.pad_id(), self.model.device())?;
             let t = batch.ids.dim(1)?;

@@ -397,9 +397,13 @@ impl Method for Grpo {
         template_args: &serde_json::Map<String, serde_json::Value>,
         lengths: Lengths,
     ) -> Result<Tokenized> {
-        let (prompt, cut) =
-            tokenize_prompt(tok, &sample.messages, template_args, lengths.prompt_limit())
-                .with_context(|| format!("sample `{}`", sample.id))?;
+        // At least one token of room for the completion within `max_length` (the context).
+        let limit = lengths
+            .prompt_limit()
+            .min(lengths.max_length.saturating_sub(1))
+            .max(1);
+        let (prompt, cut) = tokenize_prompt(tok, &sample.messages, template_args, limit)
+            .with_context(|| format!("sample `{}`", sample.id))?;
         Ok(Tokenized {
             prompt,
             cut,

@@ -39,18 +39,21 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     let (pool, eval) = read_data(cfg, &settings, method.as_ref())?;
     let plan = Plan::new(cfg, method.as_ref(), pool.len());
     // Everything that can be checked without the model's weights, before any is read (and all
-    // of it in a dry run too): the run directory may be used, it is none of the inputs, the
-    // model can be found.
+    // of it in a dry run too): the run directory may be used, it is none of the inputs, a
+    // resume keeps what the run's state means, the model can be found.
     let run_dir = RunDir::claim(&cfg.run.output_dir, resume)?;
     if run_dir.resumed.is_none() && resume.is_none() {
         refuse_inputs("run.output_dir", &run_dir.path, &inputs(cfg, &settings))?;
     }
-    let model = crate::model::io::hub::check(&settings.model.source).context("`model.source`")?;
     let changes = check_resume(cfg, &run_dir, pool.len())?;
+    let base = base_model(cfg, &settings, &run_dir)?;
     if dry_run {
         println!("{}", toml::to_string(cfg)?);
         println!("# {}", plan.describe(cfg));
-        println!("# model: {model}");
+        println!(
+            "# model: {}",
+            base.as_deref().unwrap_or("(not needed: the checkpoint's)")
+        );
         println!("# eval: {} held-out samples", eval.len());
         match run_dir.checkpoint() {
             Some(ckpt) => println!("# resumes from {}", ckpt.display()),
@@ -60,38 +63,20 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     }
     // The model's and the data's fingerprint (which may download a hub model, as loading it
     // would): a resume refuses other ones.
-    let fingerprint = Fingerprint::of(cfg, &settings.model.source, (pool.len(), eval.len()))?;
-    if run_dir.resumed.is_some() {
-        match Fingerprint::load(&run_dir.path)? {
-            Some(then) => then.check_unchanged(&fingerprint, cfg, &run_dir.path)?,
-            None => eprintln!(
-                "warning: {} has no {} (started by an earlier edco): the model and data cannot \
-                 be checked against the ones the run began with",
-                run_dir.path.display(),
-                resume::FINGERPRINT
-            ),
-        }
+    let source = base.is_some().then_some(settings.model.source.as_str());
+    let fingerprint = Fingerprint::of(cfg, source, (pool.len(), eval.len()))?;
+    let recorded = match &run_dir.resumed {
+        Some(_) => Fingerprint::load(&run_dir.path)?,
+        None => None,
+    };
+    if let Some(then) = &recorded {
+        then.check_unchanged(&fingerprint, cfg, &run_dir.path)?;
     }
     // The model (and its device) first: a model or device that cannot be opened leaves the
     // output directory untouched.
     let loaded = load_model(cfg, &settings, run_dir.checkpoint())?;
     let _lock = run_dir.open()?;
-    match run_dir.checkpoint() {
-        None => fingerprint.save(&run_dir.path)?,
-        Some(ckpt) => {
-            for c in &changes {
-                eprintln!("resuming with {} = {} (was {})", c.key, c.now, c.was);
-            }
-            resume::record(&run_dir.path, Some(ckpt), &changes)?
-        }
-    }
-    run_dir.write_config(cfg)?;
-    if run_dir.resumed.is_none() {
-        let run = run_dir.path.display();
-        crate::interrupt::keep(format!(
-            "the run in {run} has no checkpoint yet; `edco train --resume {run}` starts it again"
-        ));
-    }
+    start_or_resume(&run_dir, cfg, &fingerprint, recorded.is_some(), &changes)?;
     eprintln!("{}", plan.describe(cfg));
     method.prepare(&settings, &loaded)?;
     let pairs = tokenize_pool(cfg, &settings, method.as_ref(), &loaded, &pool)?;
@@ -129,6 +114,71 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     report::draw_plots(&run_dir.path)?;
     report::summarize(&run_dir.path, &state)?;
     Ok(run_dir.path.clone())
+}
+
+/// The base model, described, when the run reads it: always, except a resumed full fine-tune
+/// (its weights are the checkpoint's) without a GRPO reference, which only warns if it is gone.
+fn base_model(cfg: &Config, settings: &Settings, run_dir: &RunDir) -> Result<Option<String>> {
+    let needed = run_dir.resumed.is_none()
+        || cfg.model.finetune == Finetune::Lora
+        || (cfg.method == MethodName::Grpo && cfg.grpo.beta > 0.0);
+    match crate::model::io::hub::check(&settings.model.source).context("`model.source`") {
+        Ok(described) if needed || hub_cached(&settings.model.source) => Ok(Some(described)),
+        Ok(_) => Ok(None),
+        Err(e) if needed => Err(e),
+        Err(e) => {
+            eprintln!(
+                "warning: {e:#}; the resume reads the checkpoint's weights, so it goes on \
+                 without checking the base model"
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Whether `source` is on this machine (a path, or a hub id in the local cache): a resume
+/// that does not read the base model never downloads it just to fingerprint it.
+fn hub_cached(source: &str) -> bool {
+    Path::new(source).exists() || crate::model::io::hub::in_local_cache(source)
+}
+
+/// Writes what a run keeps of its start, once its lock is held: the config (first, so that the
+/// directory is a run's from here on), the fingerprint of a new run (or of an older run that
+/// had none), and the overrides a resume applied.
+fn start_or_resume(
+    run_dir: &RunDir,
+    cfg: &Config,
+    fingerprint: &Fingerprint,
+    had_fingerprint: bool,
+    changes: &[resume::Change],
+) -> Result<()> {
+    let run = run_dir.path.display();
+    if let Some(ckpt) = run_dir.checkpoint() {
+        for c in changes {
+            eprintln!("resuming with {} = {} (was {})", c.key, c.now, c.was);
+        }
+        resume::record(&run_dir.path, Some(ckpt), changes)?;
+    }
+    run_dir.write_config(cfg)?;
+    match (run_dir.checkpoint(), had_fingerprint) {
+        (None, _) => {
+            crate::interrupt::keep(format!(
+                "the run in {run} has no checkpoint yet; `edco train --resume {run}` starts it \
+                 again"
+            ));
+            fingerprint.save(&run_dir.path)
+        }
+        (Some(_), true) => Ok(()),
+        (Some(_), false) => {
+            eprintln!(
+                "warning: {run} has no {} (started by an earlier edco): the model and data are \
+                 not checked against the ones the run began with; they are recorded now for \
+                 the resumes to come",
+                resume::FINGERPRINT
+            );
+            fingerprint.save(&run_dir.path)
+        }
+    }
 }
 
 /// A resume goes on only with overrides that keep its state meaningful, and a pool of the size

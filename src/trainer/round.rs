@@ -209,7 +209,11 @@ impl Rounds<'_> {
             );
             let step_seed = seed::mix(&[seed::STEP, cfg.run.seed, state.global_step as u64]);
             let st = Instant::now();
-            let report = self.method.step(&input, items, opt, lr, step_seed)?;
+            // A rollout that meets non-finite logits after training began: the run diverged.
+            let report = self
+                .method
+                .step(&input, items, opt, lr, step_seed)
+                .map_err(|e| self.if_diverged(e, state.global_step, round))?;
             let secs = st.elapsed().as_secs_f64();
             state.global_step += 1;
             state.step_in_round = Some(k + 1);

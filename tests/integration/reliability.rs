@@ -294,9 +294,46 @@ fn a_resume_refuses_a_changed_model_pool_or_setting_and_passes_a_damaged_checkpo
             )),
         "{e}"
     );
-    // Round 2 ran again from its middle and wrote its end anew, then round 3 followed.
+    // The damaged one is kept aside; round 2 ran again from its middle and wrote its end anew,
+    // then round 3 followed.
+    let aside = newest.with_file_name(format!(
+        "damaged_{}",
+        newest.file_name().unwrap().to_str().unwrap()
+    ));
+    assert!(e.contains(&format!(
+        "moved the damaged checkpoint aside to {}",
+        aside.display()
+    )));
+    assert_eq!(
+        std::fs::metadata(aside.join(edco::checkpoint::OPTIMIZER))
+            .unwrap()
+            .len(),
+        len / 2
+    );
     assert_eq!(std::fs::metadata(&optimizer).unwrap().len(), len);
     assert_eq!(edco::checkpoint::list(&run).unwrap().len(), 6);
+}
+
+/// A resumed full fine-tune reads its weights from the checkpoint: a base model that is gone
+/// is said, not required.
+#[test]
+fn a_full_fine_tune_resumes_without_its_base_model() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(model.path(), dir.path(), "").replace("\"lora\"", "\"full\"");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text.replace("rounds = 2", "rounds = 1")).unwrap();
+    ok(&edco_under(
+        "true",
+        &["train", "--config", cfg.to_str().unwrap()],
+    ));
+    let run = dir.path().join("run");
+    let gone = dir.path().join("gone");
+    std::fs::rename(model.path(), &gone).unwrap();
+    let e = ok(&resume(&run, &["curriculum.rounds=2"]));
+    assert!(e.contains("goes on without checking the base model"), "{e}");
+    assert_eq!(edco::checkpoint::list(&run).unwrap().len(), 2);
+    std::fs::rename(&gone, model.path()).unwrap();
 }
 
 /// A copy of the tiny model whose final norm holds a NaN.
@@ -488,7 +525,7 @@ fn generation_stops_at_the_model_context() {
         "{e}"
     );
     let room: u64 = e
-        .split("at most ")
+        .split("for prompt 1 (")
         .nth(1)
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
@@ -608,27 +645,49 @@ fn messages_point_at_the_file_line_field_or_path() {
     refused(&o, "another edco train is running in this directory now");
     drop(lock);
 
-    // Ctrl-C says what the run kept and how to go on.
-    let child = Command::new(env!("CARGO_BIN_EXE_edco"))
-        .args(["train", "--config", cfg.to_str().unwrap()])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    interrupted_run_says_what_it_kept(&cfg, &run);
+}
+
+/// Ctrl-C says what the run kept and how to go on.
+#[cfg(unix)]
+fn interrupted_run_says_what_it_kept(cfg: &Path, run: &Path) {
+    use std::io::Read;
+    /// Kills the child if the test fails before it ends.
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Reap(
+        Command::new(env!("CARGO_BIN_EXE_edco"))
+            .args(["train", "--config", cfg.to_str().unwrap()])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Read stderr as it comes, so the child never blocks on a full pipe.
+    let mut stderr = child.0.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    // Once a second checkpoint stands, the run has long recorded the first as kept.
     let start = std::time::Instant::now();
-    while edco::checkpoint::list(&run).unwrap().is_empty() {
+    while edco::checkpoint::list(run).unwrap().len() < 2 {
         assert!(
             start.elapsed().as_secs() < 120,
-            "no checkpoint after two minutes"
+            "no checkpoints after two minutes"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // The run records what it kept just after the checkpoint lands.
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY: signalling our own child process.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let o = child.wait_with_output().unwrap();
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(130), "{e}");
+    // SAFETY: signalling our own child process, which has not been waited for.
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
+    let status = child.0.wait().unwrap();
+    let e = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{e}");
     assert!(
         e.contains(&format!(
             "interrupted: the run in {} keeps checkpoint",

@@ -50,7 +50,7 @@ fn check_hub_id(spec: &str) -> Result<()> {
         bail!("model `{spec}`: no such file or directory, and not a hub id like `Qwen/Qwen3-4B`");
     }
     let (owner, _) = spec.split_once('/').unwrap_or((spec, ""));
-    if Path::new(owner).is_dir() {
+    if Path::new(owner).is_dir() && !in_local_cache(spec) {
         bail!(
             "model `{spec}`: no such file or directory (the folder `{owner}` here does not hold \
              it); a hub id is not read from a local folder of its owner's name"
@@ -70,11 +70,19 @@ pub fn check(spec: &str) -> Result<String> {
         });
     }
     check_hub_id(spec)?;
-    let cached = hf_hub::Cache::from_env().model(spec.to_string());
-    Ok(match cached.get("config.json") {
-        Some(_) => format!("the hub model `{spec}` from the local hub cache"),
-        None => format!("the hub model `{spec}`, to be downloaded (it is not in the local cache)"),
+    Ok(if in_local_cache(spec) {
+        format!("the hub model `{spec}` from the local hub cache")
+    } else {
+        format!("the hub model `{spec}`, to be downloaded (it is not in the local cache)")
     })
+}
+
+/// Whether hub model `id` has its config in the local hub cache.
+pub fn in_local_cache(id: &str) -> bool {
+    hf_hub::Cache::from_env()
+        .model(id.to_string())
+        .get("config.json")
+        .is_some()
 }
 
 /// Fetches (or finds in the local cache) the files of hub model `id`; returns the snapshot dir.

@@ -24,19 +24,7 @@ pub enum WeightSource {
 impl WeightSource {
     /// The safetensors of a Hugging Face model directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
-        let single = dir.join("model.safetensors");
-        let index = dir.join("model.safetensors.index.json");
-        let files = if single.is_file() {
-            vec![single]
-        } else if index.is_file() {
-            shard_files(&index)?
-        } else {
-            bail!(
-                "{}: no model.safetensors or model.safetensors.index.json",
-                dir.display()
-            );
-        };
-        Self::from_files(files)
+        Self::from_files(weight_files(dir)?)
     }
 
     pub fn from_files(files: Vec<PathBuf>) -> Result<Self> {
@@ -113,6 +101,23 @@ fn display_list(files: &[PathBuf]) -> String {
 }
 
 /// The shard files named by `model.safetensors.index.json`, in a stable order.
+/// The weight files a Hugging Face directory is loaded from: `model.safetensors`, or the shards
+/// its index names.
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    if single.is_file() {
+        Ok(vec![single])
+    } else if index.is_file() {
+        shard_files(&index)
+    } else {
+        bail!(
+            "{}: no model.safetensors or model.safetensors.index.json",
+            dir.display()
+        )
+    }
+}
+
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let text =
         std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;

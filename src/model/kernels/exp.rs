@@ -118,19 +118,16 @@ fn exp_moments_impl(xs: &[f32], shift: f32) -> (f64, f64) {
 fn max_impl(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
-    // A NaN wins every comparison and stays (one unordered compare per lane), so a row with a
-    // NaN has a NaN maximum: callers see it, instead of a plausible softmax of the rest.
-    let pick = |m: f32, x: f32| if x > m || x.is_nan() { x } else { m };
     let tail = chunks
         .remainder()
         .iter()
-        .fold(f32::NEG_INFINITY, |m, &x| pick(m, x));
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
     for c in chunks {
         for k in 0..LANES {
-            acc[k] = pick(acc[k], c[k]);
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
         }
     }
-    acc.iter().fold(tail, |m, &x| pick(m, x))
+    acc.iter().fold(tail, |m, &x| if x > m { x } else { m })
 }
 
 /// Defines `pub fn $name` that runs `$impl` (an `#[inline(always)]` function) built for the best
@@ -196,7 +193,8 @@ dispatch!(
 );
 
 dispatch!(
-    /// The largest value of `xs` (-inf when empty; NaN when any is NaN).
+    /// The largest value of `xs` (-inf when empty; NaNs are skipped, and the sums of
+    /// `exp(x - max)` carry them).
     max(xs: &[f32]) -> f32 = max_impl
 );
 
