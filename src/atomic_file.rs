@@ -5,29 +5,34 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// Writes `bytes` to a temporary sibling, syncs it, and renames it over `path`. On failure (a
-/// full disk, say) the temporary is removed and `path` keeps what it had.
+/// Writes `bytes` to a temporary sibling, syncs it, and renames it over `path`. The temporary
+/// is created exclusively under an unpredictable name (by `tempfile`), so a link planted beside
+/// `path` is never written through. On failure (a full disk, say) the temporary is removed and
+/// `path` keeps what it had.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    let written = (|| -> Result<()> {
-        let mut f =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        f.write_all(bytes)
-            .with_context(|| format!("writing {}", path.display()))?;
-        f.sync_all()
-            .with_context(|| format!("writing {}", path.display()))?;
-        std::fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    // The mode a plain create gives (the umask applies), not a temporary's owner-only one: the
+    // file is the user's output.
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    let mut tmp = builder
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    Ok(())
 }
 
 /// The hidden sibling a directory is staged in before [`replace_dir`] moves it into place.
@@ -57,12 +62,55 @@ pub fn replace_dir(stage: &Path, dir: &Path) -> Result<()> {
     remove(&old)
 }
 
-/// Removes what is at `path` (a directory with its content, or a file), if anything.
-fn remove(path: &Path) -> Result<()> {
+/// Removes what is at `path` (a directory with its content, or a file or link, never what a
+/// link points to), if anything.
+pub fn remove(path: &Path) -> Result<()> {
     let removed = match path.symlink_metadata() {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
         Ok(_) => std::fs::remove_file(path),
         Err(_) => return Ok(()),
     };
     removed.with_context(|| format!("removing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_planted_where_a_temporary_could_go_is_never_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "keep").unwrap();
+        let out = dir.path().join("out.jsonl");
+        // The names temporaries had (predictable from the process id) and plausible others.
+        let planted = [
+            format!("out.jsonl.tmp{}", std::process::id()),
+            ".out.jsonl.tmp".to_string(),
+            ".out.jsonl.partial".to_string(),
+        ];
+        for name in &planted {
+            std::os::unix::fs::symlink(&secret, dir.path().join(name)).unwrap();
+        }
+        write_atomic(&out, b"new").unwrap();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "new");
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "keep");
+        for name in &planted {
+            assert!(
+                dir.path()
+                    .join(name)
+                    .symlink_metadata()
+                    .unwrap()
+                    .is_symlink()
+            );
+        }
+        // A staged directory's place holding a link: the link goes, never what it points to.
+        let stage = staging_dir(&dir.path().join("model"));
+        let target = dir.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("f"), "x").unwrap();
+        std::os::unix::fs::symlink(&target, &stage).unwrap();
+        remove(&stage).unwrap();
+        assert!(stage.symlink_metadata().is_err() && target.join("f").is_file());
+    }
 }

@@ -3,7 +3,7 @@
 //! (`--force`), and only where writing is possible. A refusal leaves everything as it was.
 
 use anyhow::{Context, Result, bail};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// An input of the command, by the flag or key that named it.
 pub struct Input<'a> {
@@ -132,12 +132,10 @@ pub fn is_empty_dir(dir: &Path) -> Result<bool> {
         .is_none())
 }
 
-/// Creates and removes a file in `dir`, so a read-only or full folder is found before the work.
+/// Creates (exclusively, under a name no one can predict) and removes a file in `dir`, so a
+/// read-only or full folder is found before the work.
 fn probe_writable(dir: &Path) -> Result<()> {
-    let probe: PathBuf = dir.join(format!(".edco-probe-{}", std::process::id()));
-    std::fs::File::create(&probe)
-        .with_context(|| format!("{} cannot be written", dir.display()))?;
-    let _ = std::fs::remove_file(&probe);
+    tempfile::tempfile_in(dir).with_context(|| format!("{} cannot be written", dir.display()))?;
     Ok(())
 }
 

@@ -162,3 +162,59 @@ fn a_path_that_is_neither_file_nor_hub_id() {
     let e = load_err("./no/such/dir");
     assert!(e.contains("no such file or directory"), "{e}");
 }
+
+/// Shard names in an index are files inside the model folder: an absolute name or `..` is
+/// refused before anything is read, and one file under several spellings is loaded once.
+#[test]
+fn shard_names_are_confined_to_the_model_folder() {
+    let dir = tiny_model(Arch::Qwen3, true, 0);
+    let model = dir.path().join("model");
+    let weights = model.join("model.safetensors");
+    std::fs::rename(&weights, model.join("shard-1.safetensors")).unwrap();
+    let index = model.join("model.safetensors.index.json");
+    let header = {
+        let bytes = std::fs::read(model.join("shard-1.safetensors")).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes[8..8 + n])
+            .unwrap()
+    };
+    let names: Vec<&String> = header.keys().filter(|k| *k != "__metadata__").collect();
+    let map_with = |spell: &dyn Fn(usize) -> String| {
+        let map: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), spell(i).into()))
+            .collect();
+        serde_json::json!({ "weight_map": map }).to_string()
+    };
+    // One file, three spellings: it loads.
+    let spellings = [
+        "shard-1.safetensors",
+        "./shard-1.safetensors",
+        ".//shard-1.safetensors",
+    ];
+    std::fs::write(&index, map_with(&|i| spellings[i % 3].to_string())).unwrap();
+    load(model.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    // Escapes are refused by name.
+    for escape in ["/etc/passwd", "../model/shard-1.safetensors"] {
+        std::fs::write(
+            &index,
+            map_with(&|i| {
+                if i == 1 {
+                    escape.to_string()
+                } else {
+                    "shard-1.safetensors".into()
+                }
+            }),
+        )
+        .unwrap();
+        let e = load_err(model.to_str().unwrap());
+        assert!(
+            e.contains("model.safetensors.index.json")
+                && e.contains(&format!(
+                    "shard `{escape}` is not a file name inside the model folder"
+                )),
+            "{e}"
+        );
+    }
+}

@@ -67,4 +67,29 @@ fn checks(home: &Path) {
     let m = load("edco/tiny-qwen3", &LoadOptions::default()).unwrap();
     assert_eq!(m.model.config.arch, Arch::Qwen3);
     assert!(m.origin.contains(commit), "{}", m.origin);
+
+    // A cached index naming a file outside the snapshot is refused before anything is fetched
+    // (hf-hub would build a link from the name).
+    let evil = home.join("hub/models--edco--evil");
+    let snapshot = evil.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(evil.join("refs")).unwrap();
+    std::fs::write(evil.join("refs/main"), commit).unwrap();
+    for f in ["config.json", "tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(model.path().join("model").join(f), snapshot.join(f)).unwrap();
+    }
+    std::fs::write(
+        snapshot.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"model.embed_tokens.weight": "../../../../../../etc/passwd"}}"#,
+    )
+    .unwrap();
+    let e = match load("edco/evil", &LoadOptions::default()) {
+        Ok(_) => panic!("an escaping shard name was followed"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("model.safetensors.index.json")
+            && e.contains("is not a file name inside the model folder"),
+        "{e}"
+    );
 }

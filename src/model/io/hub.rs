@@ -124,21 +124,8 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
     }
     match fetch("model.safetensors.index.json") {
         Ok(index) => {
-            let text = std::fs::read_to_string(&index)?;
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: malformed JSON", index.display()))?;
-            let mut shards: Vec<String> = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .map(|m| {
-                    m.values()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            shards.sort();
-            shards.dedup();
-            for s in shards {
+            // Every name checked (inside the snapshot, one spelling each) before any download.
+            for s in super::safetensors::index_shards(&index)? {
                 fetch(&s).map_err(not_found)?;
             }
         }

@@ -119,6 +119,31 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let files: Vec<PathBuf> = index_shards(index)?.iter().map(|n| dir.join(n)).collect();
+    for f in &files {
+        if !f.is_file() {
+            bail!("{}: shard {} does not exist", index.display(), f.display());
+        }
+    }
+    Ok(files)
+}
+
+/// The largest `model.safetensors.index.json` read (the hub's largest are a few hundred KB).
+const MAX_INDEX_BYTES: u64 = 16 << 20;
+
+/// The distinct shard names an index's `weight_map` gives, each a file inside the model folder
+/// ([`shard_name`]), in order. Checked before any shard is read or downloaded.
+pub fn index_shards(index: &Path) -> Result<Vec<String>> {
+    let size = std::fs::metadata(index)
+        .with_context(|| format!("reading {}", index.display()))?
+        .len();
+    if size > MAX_INDEX_BYTES {
+        bail!(
+            "{}: {size} bytes, more than an index of shards needs (at most {MAX_INDEX_BYTES})",
+            index.display()
+        );
+    }
     let text =
         std::fs::read_to_string(index).with_context(|| format!("reading {}", index.display()))?;
     let json: serde_json::Value = serde_json::from_str(&text)
@@ -127,17 +152,48 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(|m| m.as_object())
         .with_context(|| format!("{}: missing object `weight_map`", index.display()))?;
-    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
-    names.sort_unstable();
-    names.dedup();
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let files: Vec<PathBuf> = names.iter().map(|n| dir.join(n)).collect();
-    for f in &files {
-        if !f.is_file() {
-            bail!("{}: shard {} does not exist", index.display(), f.display());
+    let mut names = std::collections::BTreeSet::new();
+    for (tensor, file) in map {
+        let file = file.as_str().with_context(|| {
+            format!(
+                "{}: `weight_map.{tensor}` is not a file name",
+                index.display()
+            )
+        })?;
+        names.insert(
+            shard_name(file)
+                .with_context(|| format!("{}: `weight_map.{tensor}`", index.display()))?,
+        );
+    }
+    Ok(names.into_iter().collect())
+}
+
+/// A shard name as a path inside the model folder: relative, without `..`, a root or a
+/// backslash; `./a` and `.//a` are `a`, so one file has one name.
+pub fn shard_name(name: &str) -> Result<String> {
+    use std::path::Component;
+    let refuse = || {
+        anyhow::anyhow!(
+            "shard `{name}` is not a file name inside the model folder (absolute, `..` or empty)"
+        )
+    };
+    if name.contains('\\') {
+        return Err(refuse());
+    }
+    let mut parts = Vec::new();
+    for c in Path::new(name).components() {
+        match c {
+            Component::Normal(p) => parts.push(p.to_str().ok_or_else(refuse)?),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse());
+            }
         }
     }
-    Ok(files)
+    if parts.is_empty() {
+        return Err(refuse());
+    }
+    Ok(parts.join("/"))
 }
 
 /// Bytes per element of a safetensors dtype; `None` for the sub-byte ones (F4, F6_*), whose
@@ -236,4 +292,45 @@ pub fn save_safetensors(tensors: &[(String, Tensor)], path: &Path) -> Result<()>
     let bytes = safetensors::serialize(cpu.iter().map(|(n, t)| (*n, t)), metadata)
         .with_context(|| format!("serialising {}", path.display()))?;
     write_atomic(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_names_stay_inside_the_folder_with_one_spelling_each() {
+        assert_eq!(shard_name("./a.safetensors").unwrap(), "a.safetensors");
+        assert_eq!(shard_name(".//a.safetensors").unwrap(), "a.safetensors");
+        assert_eq!(shard_name("sub/./b").unwrap(), "sub/b");
+        for bad in ["/etc/passwd", "../a", "sub/../../a", "", ".", "a\\..\\b"] {
+            let e = shard_name(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("not a file name inside the model folder"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_index_is_read_once_per_shard_and_refuses_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("model.safetensors.index.json");
+        std::fs::write(
+            &index,
+            r#"{"weight_map": {"a": "s.safetensors", "b": "./s.safetensors", "c": ".//s.safetensors"}}"#,
+        )
+        .unwrap();
+        assert_eq!(index_shards(&index).unwrap(), ["s.safetensors"]);
+        std::fs::write(
+            &index,
+            r#"{"weight_map": {"a": "s.safetensors", "b": "../../etc/passwd"}}"#,
+        )
+        .unwrap();
+        let e = format!("{:#}", index_shards(&index).unwrap_err());
+        assert!(
+            e.contains("model.safetensors.index.json: `weight_map.b`: shard `../../etc/passwd`"),
+            "{e}"
+        );
+    }
 }
