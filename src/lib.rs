@@ -7,6 +7,7 @@ pub mod audit;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
+pub mod contain;
 pub mod curriculum;
 pub mod data;
 pub mod device_check;

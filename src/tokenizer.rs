@@ -51,12 +51,31 @@ fn token_string(v: Option<&serde_json::Value>) -> Option<String> {
     }
 }
 
+/// Text of several scripts, digits, spaces and controls that a tokenizer must get through.
+const PROBE: &str = "Hello, world! 123 4,567.89 h\u{e9}llo \u{65e5}\u{672c}\u{8a9e} \
+    \u{41f}\u{440}\u{438}\u{432}\u{435}\u{442} \u{1f600}\n\t  end";
+
+/// Encodes and decodes a probe text once, so that a tokenizer whose parts panic on ordinary
+/// input (a crafted normalizer's tables, say) fails here, as an error, not in the middle of a
+/// run.
+fn probe(inner: &tokenizers::Tokenizer) -> Result<()> {
+    crate::contain::contained("its normalizer, pre-tokenizer or model", || {
+        let enc = inner.encode(PROBE, true).map_err(|e| anyhow!("{e}"))?;
+        inner
+            .decode(enc.get_ids(), false)
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    })?
+}
+
 impl Tokenizer {
     /// `tokenizer.json`, plus `tokenizer_config.json` and `chat_template.jinja` when present.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner =
+            crate::contain::contained(path.display(), || tokenizers::Tokenizer::from_file(&path))?
+                .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        probe(&inner).with_context(|| format!("{}: cannot load tokenizer", path.display()))?;
         let mut meta = TokenizerMeta::default();
         let cfg_path = dir.join("tokenizer_config.json");
         if cfg_path.is_file() {

@@ -218,3 +218,126 @@ fn shard_names_are_confined_to_the_model_folder() {
         );
     }
 }
+
+/// A minimal GGUF v3 file: metadata (key, type, value bytes) and tensor infos (name, dims in
+/// GGUF order, ggml type, offset), then `data`.
+fn gguf(
+    kvs: &[(&str, u32, Vec<u8>)],
+    tensors: &[(&str, &[u64], u32, u64)],
+    data: &[u8],
+) -> Vec<u8> {
+    let string = |s: &str| {
+        [
+            (s.len() as u64).to_le_bytes().to_vec(),
+            s.as_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kvs.len() as u64).to_le_bytes());
+    for (k, t, v) in kvs {
+        out.extend(string(k));
+        out.extend(t.to_le_bytes());
+        out.extend(v);
+    }
+    for (name, dims, ty, offset) in tensors {
+        out.extend(string(name));
+        out.extend((dims.len() as u32).to_le_bytes());
+        dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
+        out.extend(ty.to_le_bytes());
+        out.extend(offset.to_le_bytes());
+    }
+    while !out.len().is_multiple_of(32) {
+        out.push(0);
+    }
+    out.extend(data);
+    out
+}
+
+/// Crafted GGUF headers fail with an error naming the file, before anything large is read or
+/// allocated: a zero alignment, a zero head count, tensor dimensions that overflow or data the
+/// file does not have.
+#[test]
+fn crafted_gguf_headers_are_refused_by_name() {
+    const U32: u32 = 4;
+    const STRING: u32 = 8;
+    const ARRAY: u32 = 9;
+    let s = |v: &str| {
+        [
+            (v.len() as u64).to_le_bytes().to_vec(),
+            v.as_bytes().to_vec(),
+        ]
+        .concat()
+    };
+    let u = |v: u32| v.to_le_bytes().to_vec();
+    let tokens = [
+        STRING.to_le_bytes().to_vec(),
+        1u64.to_le_bytes().to_vec(),
+        s("a"),
+    ]
+    .concat();
+    let base = |heads: u32| {
+        vec![
+            ("general.architecture", STRING, s("llama")),
+            ("tokenizer.ggml.tokens", ARRAY, tokens.clone()),
+            ("llama.embedding_length", U32, u(8)),
+            ("llama.attention.head_count", U32, u(heads)),
+        ]
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crafted.gguf");
+    let err = |bytes: Vec<u8>| {
+        std::fs::write(&path, bytes).unwrap();
+        match edco::model::io::gguf::load(&path, candle_core::DType::F32) {
+            Ok(_) => panic!("a crafted GGUF loaded"),
+            Err(e) => format!("{e:#}"),
+        }
+    };
+    let mut zero_alignment = base(2);
+    zero_alignment.push(("general.alignment", U32, u(0)));
+    let e = err(gguf(&zero_alignment, &[], &[]));
+    assert!(e.contains("crafted.gguf: malformed ("), "{e}");
+    let e = err(gguf(&base(0), &[], &[]));
+    assert!(
+        e.contains("crafted.gguf: inconsistent head counts 0 / 0"),
+        "{e}"
+    );
+    let huge: &[u64] = &[1 << 40, 1 << 40];
+    let e = err(gguf(
+        &base(2),
+        &[("token_embd.weight", huge, 0, 0)],
+        &[0; 64],
+    ));
+    assert!(e.contains("crafted.gguf") && e.contains("overflow"), "{e}");
+    let big: &[u64] = &[1 << 20, 1 << 10];
+    let e = err(gguf(
+        &base(2),
+        &[("token_embd.weight", big, 0, 0)],
+        &[0; 64],
+    ));
+    assert!(
+        e.contains("needs 4294967296 bytes at offset 0, the file has 64 bytes"),
+        "{e}"
+    );
+}
+
+/// A tokenizer.json whose normalizer tables panic the tokenizer library is an error naming
+/// the file when the model loads, not a crash later.
+#[test]
+fn a_panicking_tokenizer_is_an_error_at_load() {
+    let dir = tiny_model(Arch::Llama, true, 0);
+    let model = dir.path().join("model");
+    let path = model.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    t["normalizer"] =
+        serde_json::json!({"type": "Precompiled", "precompiled_charsmap": "AQAAAA=="});
+    std::fs::write(&path, t.to_string()).unwrap();
+    let e = load_err(model.to_str().unwrap());
+    assert!(
+        e.contains("tokenizer.json: cannot load tokenizer") && e.contains("malformed ("),
+        "{e}"
+    );
+}

@@ -72,16 +72,44 @@ impl Meta<'_> {
     }
 }
 
+/// Refuses tensors whose dimensions overflow or whose data would not fit in the file, before
+/// any is read or allocated.
+fn check_tensor_sizes(content: &Content, file_len: u64) -> Result<()> {
+    let data = file_len.saturating_sub(content.tensor_data_offset);
+    for (name, info) in &content.tensor_infos {
+        let dims = info.shape.dims();
+        let elems = dims.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+        let bytes = elems.and_then(|n| {
+            let block = info.ggml_dtype.block_size() as u64;
+            (n / block).checked_mul(info.ggml_dtype.type_size() as u64)
+        });
+        match bytes {
+            Some(b) if info.offset.checked_add(b).is_some_and(|end| end <= data) => {}
+            Some(b) => bail!(
+                "tensor `{name}` ({dims:?}) needs {b} bytes at offset {}, the file has {data} \
+                 bytes of tensor data (truncated or corrupt?)",
+                info.offset
+            ),
+            None => bail!("tensor `{name}`: dimensions {dims:?} overflow"),
+        }
+    }
+    Ok(())
+}
+
 /// Reads a GGUF file, dequantizing every tensor to `dtype` on the CPU.
 pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let content = Content::read(&mut file).with_context(|| {
-        format!(
-            "{}: not a readable GGUF file (truncated or corrupt?)",
-            path.display()
-        )
-    })?;
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let file_len = file.metadata()?.len();
+    // Buffered: the reader takes metadata a few bytes at a time.
+    let mut file = std::io::BufReader::new(file);
+    let content = crate::contain::contained(path.display(), || Content::read(&mut file))?
+        .with_context(|| {
+            format!(
+                "{}: not a readable GGUF file (truncated or corrupt?)",
+                path.display()
+            )
+        })?;
+    check_tensor_sizes(&content, file_len).with_context(|| format!("{}", path.display()))?;
     let meta = Meta {
         path,
         map: &content.metadata,
@@ -117,6 +145,16 @@ pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
     let num_key_value_heads = meta
         .usize(&k("attention.head_count_kv"))
         .unwrap_or(num_attention_heads);
+    if num_attention_heads == 0
+        || num_key_value_heads == 0
+        || num_attention_heads % num_key_value_heads != 0
+    {
+        bail!(
+            "{}: inconsistent head counts {num_attention_heads} / {num_key_value_heads} \
+             ({arch_name}.attention.head_count / head_count_kv)",
+            path.display()
+        );
+    }
     let head_dim = meta
         .usize(&k("attention.key_length"))
         .unwrap_or(hidden_size / num_attention_heads);
@@ -141,15 +179,6 @@ pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
         bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id"),
         eos_token_ids: eos.into_iter().collect(),
     };
-    if num_attention_heads == 0
-        || num_key_value_heads == 0
-        || num_attention_heads % num_key_value_heads != 0
-    {
-        bail!(
-            "{}: inconsistent head counts {num_attention_heads} / {num_key_value_heads}",
-            path.display()
-        );
-    }
 
     let device = Device::Cpu;
     let mut tensors = HashMap::new();

@@ -251,6 +251,10 @@ fn check_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<(
 /// Validates that the header fits in the file and every tensor's entry is well formed, with
 /// its bytes inside the file, so a truncated download or a corrupt header is reported by file
 /// and tensor instead of failing deep in a read.
+/// The largest header the safetensors format accepts (its reference reader's limit): refused
+/// before it is read, not after it was parsed.
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
 pub fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -259,6 +263,13 @@ pub fn check_safetensors_header(path: &Path) -> Result<()> {
     f.read_exact(&mut len)
         .with_context(|| format!("{}: truncated safetensors file (no header)", path.display()))?;
     let header_len = u64::from_le_bytes(len);
+    if header_len > MAX_HEADER_BYTES {
+        bail!(
+            "{}: a safetensors header of {header_len} bytes, more than the format allows \
+             ({MAX_HEADER_BYTES})",
+            path.display()
+        );
+    }
     if header_len > file_len.saturating_sub(8) {
         bail!(
             "{}: truncated or corrupt safetensors file (header of {header_len} bytes, file of {file_len})",
@@ -310,6 +321,22 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn an_oversized_header_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.safetensors");
+        let file = std::fs::File::create(&path).unwrap();
+        use std::io::Write;
+        (&file).write_all(&155_000_000u64.to_le_bytes()).unwrap();
+        // Sparse: the length is there, the bytes are not read.
+        file.set_len(8 + 155_000_000 + 16).unwrap();
+        let e = check_safetensors_header(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("a safetensors header of 155000000 bytes, more than"),
+            "{e}"
+        );
     }
 
     #[test]
