@@ -14,6 +14,7 @@ pub mod device_check;
 pub mod entropy;
 pub mod init_model;
 pub mod interrupt;
+pub mod jinja;
 pub mod logging;
 pub mod model;
 pub mod outputs;

@@ -293,7 +293,8 @@ pub fn render_chat_template(
             .context("configuring the template syntax")?,
     );
     minijinja_contrib::add_to_environment(&mut env);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    crate::jinja::bound(&mut env);
+    env.set_unknown_method_callback(crate::jinja::python_methods);
     env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
         Err(Error::new(ErrorKind::InvalidOperation, msg))
     });

@@ -87,6 +87,7 @@ impl PromptTemplates {
     pub fn new(mcq: &str, qa: &str) -> Result<Self> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        crate::jinja::bound(&mut env);
         for (name, text) in [("mcq", mcq), ("qa", qa)] {
             env.add_template_owned(name, text.to_string())
                 .with_context(|| format!("the {name} template"))?;

@@ -341,3 +341,47 @@ fn a_panicking_tokenizer_is_an_error_at_load() {
         "{e}"
     );
 }
+
+/// A chat template from a stranger's model, or a data template, that would loop for hours or
+/// allocate gigabytes stops within seconds, naming the template.
+#[test]
+fn template_bombs_stop_naming_the_template() {
+    let dir = tiny_model(Arch::Qwen3, true, 0);
+    let model = dir.path().join("model");
+    let cfg_path = model.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}\
+        {{ messages[0].content }}{% endfor %}{% endfor %}"
+        .into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let start = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edco"))
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("rendering the chat template") && err.contains("fuel"),
+        "{err}"
+    );
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+
+    let doubling = "{% set s = namespace(v=question) %}{% for i in range(64) %}\
+        {% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}";
+    let e = match edco::data::PromptTemplates::new(edco::data::MCQ_TEMPLATE, doubling) {
+        Ok(_) => panic!("a doubling template compiled and rendered"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("rendering the qa template") && e.contains("fuel"),
+        "{e}"
+    );
+}
