@@ -43,6 +43,18 @@ pub fn staging_dir(dir: &Path) -> PathBuf {
     ))
 }
 
+/// Makes `stage` afresh and empty: what was there removed (a link, never what it points to),
+/// then created exclusively, so a link planted in between fails the call instead of being
+/// written through.
+pub fn fresh_dir(stage: &Path) -> Result<()> {
+    remove(stage)?;
+    if let Some(parent) = stage.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::create_dir(stage).with_context(|| format!("creating {}", stage.display()))
+}
+
 /// Moves a finished directory over `dir` (a directory or, replaced on request, a file), keeping
 /// the old one until the new one is in place.
 pub fn replace_dir(stage: &Path, dir: &Path) -> Result<()> {

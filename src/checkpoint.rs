@@ -6,7 +6,7 @@
 //! Every random choice in the loop is derived from (seed, round, step), so this is all a resume
 //! needs to end where an uninterrupted run would.
 
-use crate::atomic_file::{remove, replace_dir, staging_dir, write_atomic};
+use crate::atomic_file::{fresh_dir, replace_dir, staging_dir, write_atomic};
 use crate::curriculum::{Curriculum, Pick};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -63,9 +63,8 @@ pub fn save(
     let name = format!("round_{:03}_step_{:06}", state.round, state.global_step);
     let dir = root.join(&name);
     let stage = staging_dir(&dir);
-    remove(&stage)?;
     let staged = (|| -> Result<()> {
-        std::fs::create_dir_all(&stage)?;
+        fresh_dir(&stage)?;
         write(&stage)?;
         write_atomic(
             &stage.join(STATE),

@@ -3,15 +3,36 @@
 //! through [`contained`], which turns the panic into an error naming the file.
 
 use anyhow::{Result, anyhow};
+use std::cell::Cell;
 use std::fmt::Display;
+use std::sync::Once;
+
+thread_local! {
+    /// Whether this thread is inside [`contained`], whose panics are reported as errors.
+    static CONTAINED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Wraps the panic hook once: a panic on a thread inside [`contained`] is not printed (the
+/// error says what happened); every other panic is reported as before.
+fn install_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !CONTAINED.with(Cell::get) {
+                default(info);
+            }
+        }));
+    });
+}
 
 /// Runs `f`; a panic inside it becomes an error saying `what` is malformed, with the panic's
-/// message. The default panic report is held back while `f` runs, so the user sees one error.
+/// message, reported once, as that error.
 pub fn contained<T>(what: impl Display, f: impl FnOnce() -> T) -> Result<T> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    install_hook();
+    let outer = CONTAINED.with(|c| c.replace(true));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
+    CONTAINED.with(|c| c.set(outer));
     result.map_err(|panic| {
         let why = panic
             .downcast_ref::<&str>()

@@ -11,8 +11,9 @@ use minijinja::{Environment, Error, ErrorKind, State, Value};
 /// uses a small fraction of it, and a loop that exhausts it stops within a second or two.
 pub const FUEL: u64 = 4_000_000;
 
-/// The widest field `str.format` may pad to.
+/// The widest field `str.format` may pad to, and the most padding all its fields may ask for.
 const MAX_FORMAT_WIDTH: u64 = 1 << 16;
+const MAX_FORMAT_PADDING: u64 = 1 << 24;
 
 /// Gives `env` the render budget.
 pub fn bound(env: &mut Environment<'_>) {
@@ -29,20 +30,26 @@ pub fn python_methods(
 ) -> Result<Value, Error> {
     if method == "format"
         && let Some(s) = value.as_str()
-        && let Some(width) = widest_field(s)
-        && width > MAX_FORMAT_WIDTH
     {
-        return Err(Error::new(
-            ErrorKind::InvalidOperation,
-            format!("str.format: a field of width {width} (at most {MAX_FORMAT_WIDTH})"),
-        ));
+        let (widest, total) = field_widths(s);
+        if widest > MAX_FORMAT_WIDTH || total > MAX_FORMAT_PADDING {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!(
+                    "str.format: fields of width up to {widest}, {total} in all (at most \
+                     {MAX_FORMAT_WIDTH} each, {MAX_FORMAT_PADDING} in all)"
+                ),
+            ));
+        }
     }
     minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
 }
 
-/// The largest number in any `{...:spec}` of a format string.
-fn widest_field(s: &str) -> Option<u64> {
-    s.split('{')
+/// The largest number in any `{...:spec}` of a format string (escaped `{{` and `}}` are
+/// text), and their sum: the padding the fields can ask for.
+fn field_widths(s: &str) -> (u64, u64) {
+    let text = s.replace("{{", "").replace("}}", "");
+    text.split('{')
         .skip(1)
         .filter_map(|field| {
             field
@@ -55,8 +62,11 @@ fn widest_field(s: &str) -> Option<u64> {
             spec.split(|c: char| !c.is_ascii_digit())
                 .filter(|d| !d.is_empty())
                 .map(|d| d.parse::<u64>().unwrap_or(u64::MAX))
+                .collect::<Vec<_>>()
         })
-        .max()
+        .fold((0, 0), |(widest, total), n| {
+            (widest.max(n), total.saturating_add(n))
+        })
 }
 
 #[cfg(test)]
@@ -65,10 +75,14 @@ mod tests {
 
     #[test]
     fn format_widths_are_read_from_every_field() {
-        assert_eq!(widest_field("{:>1000000000}"), Some(1_000_000_000));
-        assert_eq!(widest_field("a {0:08.3f} b {name:>12}"), Some(12));
-        assert_eq!(widest_field("{} and {0}"), None);
-        assert_eq!(widest_field("{:99999999999999999999999}"), Some(u64::MAX));
+        assert_eq!(
+            field_widths("{:>1000000000}"),
+            (1_000_000_000, 1_000_000_000)
+        );
+        assert_eq!(field_widths("a {0:08.3f} b {name:>12}"), (12, 23));
+        assert_eq!(field_widths("{} and {0}"), (0, 0));
+        assert_eq!(field_widths("{{:123456}} {:2}"), (2, 2));
+        assert_eq!(field_widths("{:99999999999999999999999}").0, u64::MAX);
     }
 
     fn render(template: &str) -> (Result<String, Error>, std::time::Duration) {
@@ -88,6 +102,7 @@ mod tests {
             "{% set s = namespace(v='x') %}{% for i in range(64) %}{% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}",
             "{{ 'x' * 10000000000 }}",
             "{{ '{:>1000000000}'.format('x') }}",
+            "{{ ('{0:>65536}' * 1000000).format('x') }}",
         ] {
             let (out, took) = render(bomb);
             assert!(out.is_err(), "{bomb} rendered");

@@ -57,15 +57,13 @@ const PROBE: &str = "Hello, world! 123 4,567.89 h\u{e9}llo \u{65e5}\u{672c}\u{8a
 
 /// Encodes and decodes a probe text once, so that a tokenizer whose parts panic on ordinary
 /// input (a crafted normalizer's tables, say) fails here, as an error, not in the middle of a
-/// run.
+/// run. Only a panic fails: a tokenizer may well refuse characters it has no token for.
 fn probe(inner: &tokenizers::Tokenizer) -> Result<()> {
     crate::contain::contained("its normalizer, pre-tokenizer or model", || {
-        let enc = inner.encode(PROBE, true).map_err(|e| anyhow!("{e}"))?;
-        inner
-            .decode(enc.get_ids(), false)
-            .map_err(|e| anyhow!("{e}"))?;
-        Ok(())
-    })?
+        if let Ok(enc) = inner.encode(PROBE, true) {
+            let _ = inner.decode(enc.get_ids(), false);
+        }
+    })
 }
 
 impl Tokenizer {

@@ -179,6 +179,25 @@ pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
         bos_token_id: meta.opt_u32("tokenizer.ggml.bos_token_id"),
         eos_token_ids: eos.into_iter().collect(),
     };
+    // The checks a config.json gets (its fields are GGUF keys here).
+    let positive = [
+        ("vocab_size", config.vocab_size),
+        ("embedding_length", config.hidden_size),
+        ("feed_forward_length", config.intermediate_size),
+        ("block_count", config.num_hidden_layers),
+    ];
+    for (key, v) in positive {
+        if v == 0 {
+            bail!("{}: `{arch_name}.{key}` must be positive", path.display());
+        }
+    }
+    if config.head_dim == 0 || !config.head_dim.is_multiple_of(2) {
+        bail!(
+            "{}: head size {} must be even and positive ({arch_name}.attention.key_length)",
+            path.display(),
+            config.head_dim
+        );
+    }
 
     let device = Device::Cpu;
     let mut tensors = HashMap::new();

@@ -10,7 +10,7 @@ pub mod safetensors;
 use super::config::{ModelConfig, token_ids};
 use super::device::Attention;
 use super::{Decoder, Trainable};
-use crate::atomic_file::{remove, replace_dir, staging_dir, write_atomic};
+use crate::atomic_file::{fresh_dir, replace_dir, staging_dir, write_atomic};
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device};
@@ -142,8 +142,7 @@ pub fn save_hf_dir(
         bail!("save the adapter, or merge it into the base first, to save a LoRA model");
     }
     let stage = staging_dir(dir);
-    remove(&stage)?;
-    std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
+    fresh_dir(&stage)?;
     let mut config = model.config.to_hf_json();
     config["torch_dtype"] = dtype_name(model.dtype()).into();
     write_atomic(

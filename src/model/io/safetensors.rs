@@ -248,13 +248,13 @@ fn check_entry(name: &str, entry: &serde_json::Value, data_len: u64) -> Result<(
     Ok(())
 }
 
-/// Validates that the header fits in the file and every tensor's entry is well formed, with
-/// its bytes inside the file, so a truncated download or a corrupt header is reported by file
-/// and tensor instead of failing deep in a read.
 /// The largest header the safetensors format accepts (its reference reader's limit): refused
 /// before it is read, not after it was parsed.
 const MAX_HEADER_BYTES: u64 = 100_000_000;
 
+/// Validates that the header fits in the file and every tensor's entry is well formed, with
+/// its bytes inside the file, so a truncated download or a corrupt header is reported by file
+/// and tensor instead of failing deep in a read.
 pub fn check_safetensors_header(path: &Path) -> Result<()> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
