@@ -68,6 +68,51 @@ fn checks(home: &Path) {
     assert_eq!(m.model.config.arch, Arch::Qwen3);
     assert!(m.origin.contains(commit), "{}", m.origin);
 
+    // Small files are named in the cache by their git blob id and checked against it each
+    // time: laid out as hf-hub does (blobs, snapshot links), the model loads; a tampered
+    // tokenizer_config.json (it holds the chat template) is refused by name.
+    let signed = home.join("hub/models--edco--signed");
+    let snapshot = signed.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(signed.join("blobs")).unwrap();
+    std::fs::create_dir_all(signed.join("refs")).unwrap();
+    std::fs::write(signed.join("refs/main"), commit).unwrap();
+    let mut blobs = std::collections::HashMap::new();
+    for f in std::fs::read_dir(model.path().join("model")).unwrap() {
+        let f = f.unwrap();
+        let content = std::fs::read(f.path()).unwrap();
+        let oid = {
+            use sha1::{Digest, Sha1};
+            let mut h = Sha1::new();
+            h.update(format!("blob {}\0", content.len()).as_bytes());
+            h.update(&content);
+            h.finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
+        let blob = signed.join("blobs").join(&oid);
+        std::fs::write(&blob, &content).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(f.file_name())).unwrap();
+        blobs.insert(f.file_name().to_string_lossy().into_owned(), blob);
+    }
+    load("edco/signed", &LoadOptions::default()).unwrap();
+    let cfg = &blobs["tokenizer_config.json"];
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(
+        cfg,
+        text.replacen('{', "{\"chat_template\": \"{{ 1 }}\", ", 1),
+    )
+    .unwrap();
+    let e = match load("edco/signed", &LoadOptions::default()) {
+        Ok(_) => panic!("a tampered cached file was used"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains("tokenizer_config.json: the cached file does not match the hub's id for it"),
+        "{e}"
+    );
+
     // A cached index naming a file outside the snapshot is refused before anything is fetched
     // (hf-hub would build a link from the name).
     let evil = home.join("hub/models--edco--evil");

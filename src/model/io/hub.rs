@@ -92,8 +92,19 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
     let cache = hf_hub::Cache::from_env();
     let cached = cache.model(id.to_string());
     let from_cache = |file: &str| cached.get(file);
+    // A cached file is checked against its name each time it is used (the small files by git
+    // blob id; the weights, whose SHA-256 costs seconds, when downloaded).
+    let cached_checked = |file: &str| -> Result<Option<PathBuf>> {
+        match from_cache(file) {
+            Some(p) => {
+                verify_cached_file(&p).with_context(|| format!("model `{id}`"))?;
+                Ok(Some(p))
+            }
+            None => Ok(None),
+        }
+    };
     let fetch = |file: &str| -> Result<PathBuf> {
-        if let Some(p) = from_cache(file) {
+        if let Some(p) = cached_checked(file)? {
             return Ok(p);
         }
         if offline {
@@ -103,7 +114,9 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
             .with_progress(true)
             .build()?;
         let path = api.model(id.to_string()).get(file)?;
-        verify_hub_file(&path).with_context(|| format!("model `{id}`"))?;
+        verify_hub_file(&path)
+            .and_then(|()| verify_cached_file(&path))
+            .with_context(|| format!("model `{id}`"))?;
         Ok(path)
     };
     let not_found = |e: anyhow::Error| {
@@ -120,7 +133,10 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
         .to_path_buf();
     fetch("tokenizer.json").map_err(not_found)?;
     for optional in ["tokenizer_config.json", "generation_config.json"] {
-        let _ = fetch(optional);
+        // A tampered cached copy is an error; a file the hub does not have is none.
+        if cached_checked(optional)?.is_none() {
+            let _ = fetch(optional);
+        }
     }
     match fetch("model.safetensors.index.json") {
         Ok(index) => {
@@ -134,6 +150,39 @@ fn hub_snapshot(id: &str) -> Result<PathBuf> {
         }
     }
     Ok(dir)
+}
+
+/// Checks a cached hub file whose blob is named by its git blob id (the small files: config,
+/// tokenizer, tokenizer_config with its chat template, generation_config, the index) against
+/// that id: SHA-1 of `blob <length>\0` and the content. Other blobs pass.
+pub fn verify_cached_file(path: &Path) -> Result<()> {
+    use sha1::{Digest, Sha1};
+    let blob = std::fs::canonicalize(path).with_context(|| format!("{}", path.display()))?;
+    let name = blob
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if name.len() != 40 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let content = std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+    let mut hasher = Sha1::new();
+    hasher.update(format!("blob {}\0", content.len()).as_bytes());
+    hasher.update(&content);
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !got.eq_ignore_ascii_case(name) {
+        bail!(
+            "{}: the cached file does not match the hub's id for it (git blob {name}, the \
+             content hashes to {got}): it was changed after download; remove it from the hub \
+             cache to download it anew",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Checks a freshly downloaded hub file against the checksum the hub gave for it. The hub cache
