@@ -105,7 +105,7 @@ fn main() -> Result<()> {
     for f in ["config.json", "model.safetensors", "generation_config.json"] {
         std::fs::copy(fixture("tiny-qwen3").join(f), lora_dir.join("base").join(f))?;
     }
-    lora::save_adapter(&adapted, &lora_dir.join("adapter"), "tiny-qwen3")?;
+    lora::save_adapter(&adapted, &lora_dir.join("adapter"), ("tiny-qwen3", None))?;
     write_expected(&adapted, &lora_dir)?;
 
     lora::merge(&mut adapted)?;

@@ -2,10 +2,13 @@
 //! (`tokenizer_config.json`, GGUF metadata) and data templates with a config; neither may run
 //! for long or take much memory. minijinja's fuel charges instructions and the bytes values
 //! take (checked before a concatenation or repetition allocates), so loops and doubling
-//! strings stop with an error naming the template. The one allocation it charges only after
-//! the fact, Python's `str.format` with a huge width, is refused before it runs.
+//! strings stop with an error naming the template. What it charges only after the text is
+//! built is checked before: Python's `str.format` with a huge width, and a container (a list
+//! repeated lazily, say) printed, or turned into a string or JSON, whose text would exceed
+//! [`MAX_VALUE_TEXT`].
 
-use minijinja::{Environment, Error, ErrorKind, State, Value};
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
 
 /// About 4 million instructions, or 256 MB of values: a chat template on a long conversation
 /// uses a small fraction of it, and a loop that exhausts it stops within a second or two.
@@ -15,9 +18,96 @@ pub const FUEL: u64 = 4_000_000;
 const MAX_FORMAT_WIDTH: u64 = 1 << 16;
 const MAX_FORMAT_PADDING: u64 = 1 << 24;
 
-/// Gives `env` the render budget.
+/// The most text one value may become when printed, or passed through `string`, `tojson` or
+/// `pprint`: 16 MiB, some four million tokens, beyond any prompt.
+pub const MAX_VALUE_TEXT: u64 = 16 << 20;
+
+/// Gives `env` the render budget: fuel, and the size checks of printed and serialized values.
 pub fn bound(env: &mut Environment<'_>) {
     env.set_fuel(Some(FUEL));
+    env.set_formatter(|out: &mut Output, state: &mut State, value: &Value| {
+        check_text_size(value, "printing a value")?;
+        minijinja::escape_formatter(out, state, value)
+    });
+    env.add_filter("string", |value: &Value| -> Result<Value, Error> {
+        check_text_size(value, "string")?;
+        Ok(match value.as_str() {
+            Some(_) => value.clone(),
+            None => Value::from(value.to_string()),
+        })
+    });
+    env.add_filter(
+        "tojson",
+        |value: &Value, indent: Option<Value>, kwargs: Kwargs| -> Result<Value, Error> {
+            check_text_size(value, "tojson")?;
+            minijinja::filters::tojson(value, indent, kwargs)
+        },
+    );
+    env.add_filter("pprint", |value: &Value| -> Result<String, Error> {
+        check_text_size(value, "pprint")?;
+        Ok(minijinja::filters::pprint(value))
+    });
+}
+
+/// Refuses a value whose text (printed, as a string or as JSON) would exceed
+/// [`MAX_VALUE_TEXT`], before any of it is built; strings and numbers pass at once.
+pub fn check_text_size(value: &Value, what: &str) -> Result<(), Error> {
+    if matches!(
+        value.kind(),
+        ValueKind::String | ValueKind::Number | ValueKind::Bool | ValueKind::None
+    ) {
+        return Ok(());
+    }
+    let mut left = MAX_VALUE_TEXT;
+    if !fits(value, &mut left, 0) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("{what}: the value's text would exceed {MAX_VALUE_TEXT} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Takes from `left` what `value`'s text costs (quotes, separators and brackets counted, so
+/// an empty item still costs), item by item, and stops as soon as it runs out: the walk is as
+/// long as the allowed text at most, whatever the container's length.
+fn fits(value: &Value, left: &mut u64, depth: usize) -> bool {
+    fn take(left: &mut u64, n: u64) -> bool {
+        match left.checked_sub(n) {
+            Some(l) => {
+                *left = l;
+                true
+            }
+            None => false,
+        }
+    }
+    if depth > 64 {
+        return false;
+    }
+    match value.kind() {
+        ValueKind::String => take(left, value.as_str().map_or(0, str::len) as u64 + 2),
+        ValueKind::Bytes => take(left, value.as_bytes().map_or(0, <[u8]>::len) as u64 * 4 + 3),
+        ValueKind::Seq | ValueKind::Iterable => {
+            let Ok(items) = value.try_iter() else {
+                return take(left, 64);
+            };
+            take(left, 2)
+                && items
+                    .into_iter()
+                    .all(|item| take(left, 2) && fits(&item, left, depth + 1))
+        }
+        ValueKind::Map => {
+            let Ok(keys) = value.try_iter() else {
+                return take(left, 64);
+            };
+            take(left, 2)
+                && keys.into_iter().all(|key| {
+                    let item = value.get_item(&key).unwrap_or_default();
+                    take(left, 4) && fits(&key, left, depth + 1) && fits(&item, left, depth + 1)
+                })
+        }
+        _ => take(left, 64),
+    }
 }
 
 /// Python's string methods (minijinja-contrib's pycompat), with `format` refused when a field
@@ -103,6 +193,13 @@ mod tests {
             "{{ 'x' * 10000000000 }}",
             "{{ '{:>1000000000}'.format('x') }}",
             "{{ ('{0:>65536}' * 1000000).format('x') }}",
+            // Lists repeated lazily: fuel would charge their text only once it was built.
+            "{{ ['x' * 10000] * 100000000 }}",
+            "{{ (['x' * 10000] * 100000000)|string }}",
+            "{{ (['x' * 10000] * 100000000)|tojson }}",
+            "{{ (['x' * 10000] * 100000000)|pprint }}",
+            "{{ [[''] * 100000000] }}",
+            "{% set l = ['x' * 10000] * 100000000 %}{{ {'a': l} }}",
         ] {
             let (out, took) = render(bomb);
             assert!(out.is_err(), "{bomb} rendered");
@@ -111,5 +208,15 @@ mod tests {
         // An ordinary template is well within the budget.
         let (out, _) = render("{% for i in range(1000) %}{{ '{:>4}'.format(i) }}{% endfor %}");
         assert_eq!(out.unwrap().len(), 4000);
+        let (out, _) = render("{{ [1, 'a'] }} {{ {'k': [2]}|tojson }} {{ [3]|string }}");
+        assert_eq!(out.unwrap(), r#"[1, 'a'] {"k": [2]} [3]"#);
+    }
+
+    #[test]
+    fn a_value_s_text_is_measured_up_to_the_limit_only() {
+        let big = Value::from(vec![Value::from("x".repeat(1 << 20)); 20]);
+        assert!(check_text_size(&big, "t").is_err());
+        let small = Value::from(vec![Value::from("x".repeat(1 << 20)); 15]);
+        assert!(check_text_size(&small, "t").is_ok());
     }
 }

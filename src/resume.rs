@@ -9,7 +9,7 @@
 
 use crate::atomic_file::write_atomic;
 use crate::config::Config;
-use crate::model::io::hub::{ModelFiles, resolve};
+use crate::model::io::hub::{ModelFiles, commit_of, resolve};
 use crate::model::io::safetensors::weight_files;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -25,6 +25,7 @@ pub const INITIAL_CONFIG: &str = "config.initial.toml";
 const MAY_CHANGE: &[&str] = &[
     // Paths may move: the fingerprint checks that they hold what they held.
     "model.source",
+    "model.revision",
     "data.train",
     "data.eval",
     "model.device",
@@ -71,19 +72,32 @@ pub struct Fingerprint {
     /// files; of large ones their start, end and 16 slices between). Empty when a resume that
     /// does not read the base model (full fine-tuning) cannot find it.
     pub model: String,
+    /// The hub commit the model's files came from, when `model.source` is a hub id: a resume
+    /// that names no revision goes on with this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_commit: Option<String>,
     pub train: DataPrint,
     pub eval: Option<DataPrint>,
 }
 
 impl Fingerprint {
-    /// The fingerprint of `cfg`'s model (`None`: not looked at) and data, with the sample counts
-    /// the run read.
-    pub fn of(cfg: &Config, source: Option<&str>, samples: (usize, usize)) -> Result<Self> {
+    /// The fingerprint of `cfg`'s model (`None`: not looked at) at its revision, and of its
+    /// data, with the sample counts the run read.
+    pub fn of(
+        cfg: &Config,
+        model: Option<(&str, Option<&str>)>,
+        samples: (usize, usize),
+    ) -> Result<Self> {
         let eval = (!cfg.data.eval.as_os_str().is_empty())
             .then(|| data_print(&cfg.data.eval, samples.1))
             .transpose()?;
+        let (model, model_commit) = match model {
+            Some((source, revision)) => model_print(source, revision)?,
+            None => (String::new(), None),
+        };
         Ok(Self {
-            model: source.map(model_digest).transpose()?.unwrap_or_default(),
+            model,
+            model_commit,
             train: data_print(&cfg.data.train, samples.0)?,
             eval,
         })
@@ -114,6 +128,18 @@ impl Fingerprint {
         let fresh =
             "restore it, or start a new run (a new run.output_dir) to train on what is there now";
         if !now.model.is_empty() && !self.model.is_empty() && self.model != now.model {
+            if let (Some(then), Some(now)) = (&self.model_commit, &now.model_commit)
+                && then != now
+            {
+                bail!(
+                    "cannot resume {}: model.source `{}` resolves to commit {now}, and the run \
+                     started with commit {then} ({FINGERPRINT}); set model.revision = \"{then}\" \
+                     to resume on it, or start a new run (a new run.output_dir) to train on \
+                     the other",
+                    run.display(),
+                    cfg.model.source
+                );
+            }
             bail!(
                 "cannot resume {}: model.source `{}` is not the model the run started with (its \
                  files differ from those recorded in {FINGERPRINT}); {fresh}",
@@ -176,10 +202,16 @@ const SLICE: u64 = 1 << 20;
 const SLICES: u64 = 16;
 
 /// A digest of the files a model is loaded from (its config and weights, or its GGUF file) by
-/// name, size and sampled content: any
-/// other checkpoint differs in it, and a 4B model costs a few dozen megabytes of reading.
-pub fn model_digest(source: &str) -> Result<String> {
-    let files = match resolve(source)? {
+/// name, size and sampled content (any other checkpoint differs in it, and a 4B model costs a
+/// few dozen megabytes of reading), and the hub commit they came from for a hub id.
+pub fn model_print(source: &str, revision: Option<&str>) -> Result<(String, Option<String>)> {
+    let resolved = resolve(source, revision)?;
+    let commit = commit_of(source, &resolved);
+    Ok((model_digest(resolved)?, commit))
+}
+
+fn model_digest(resolved: ModelFiles) -> Result<String> {
+    let files = match resolved {
         ModelFiles::Gguf(path) => vec![path],
         ModelFiles::HfDir(dir) => {
             let mut files = vec![dir.join("config.json")];
@@ -347,10 +379,12 @@ mod tests {
         let m = dir.path().join("m.gguf");
         let mut bytes = vec![7u8; (SLICE * 40) as usize];
         std::fs::write(&m, &bytes).unwrap();
-        let a = model_digest(m.to_str().unwrap()).unwrap();
+        let digest = |m: &Path| model_print(m.to_str().unwrap(), None).unwrap();
+        let a = digest(&m);
+        assert_eq!(a.1, None, "a local file has no hub commit");
         // A change inside a sampled slice (the last one) changes the digest.
         *bytes.last_mut().unwrap() = 8;
         std::fs::write(&m, &bytes).unwrap();
-        assert_ne!(a, model_digest(m.to_str().unwrap()).unwrap());
+        assert_ne!(a.0, digest(&m).0);
     }
 }

@@ -320,9 +320,16 @@ pub fn render_chat_template(
         .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
 }
 
-/// Python's `json.dumps(x, ensure_ascii=False)` (separators `", "` and `": "`), which is what
-/// transformers' `tojson` filter produces.
-fn python_tojson(value: minijinja::Value) -> Result<minijinja::Value, minijinja::Error> {
+/// transformers' `tojson` filter: Python's `json.dumps(x, ensure_ascii=False, indent=indent)`
+/// (separators `", "` and `": "`, or `","` and `": "` with newlines when indented; `indent` as
+/// a count of spaces), also by position as Jinja's own `tojson(indent)`; `ensure_ascii=True`
+/// escapes the characters beyond ASCII as Python does.
+fn python_tojson(
+    value: minijinja::Value,
+    indent: Option<minijinja::Value>,
+    kwargs: minijinja::value::Kwargs,
+) -> Result<minijinja::Value, minijinja::Error> {
+    use minijinja::{Error, ErrorKind};
     struct PyFormatter;
     impl serde_json::ser::Formatter for PyFormatter {
         fn begin_array_value<W: ?Sized + std::io::Write>(
@@ -346,14 +353,55 @@ fn python_tojson(value: minijinja::Value) -> Result<minijinja::Value, minijinja:
             w.write_all(b": ")
         }
     }
+    crate::jinja::check_text_size(&value, "tojson")?;
+    let indent = match indent {
+        Some(v) => Some(v),
+        None => kwargs.get::<Option<minijinja::Value>>("indent")?,
+    };
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(usize::try_from(v).map_err(|_| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                "tojson: indent must be a count of spaces",
+            )
+        })?),
+    };
+    let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
+    kwargs.assert_all_used()?;
+    let failed = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, e.to_string());
     let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
-    serde::Serialize::serialize(&value, &mut ser).map_err(|e| {
-        minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string())
-    })?;
-    Ok(minijinja::Value::from_safe_string(
-        String::from_utf8_lossy(&out).into_owned(),
-    ))
+    match indent {
+        Some(n) => {
+            let spaces = vec![b' '; n.min(64)];
+            let pretty = serde_json::ser::PrettyFormatter::with_indent(&spaces);
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, pretty);
+            serde::Serialize::serialize(&value, &mut ser).map_err(failed)?;
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
+            serde::Serialize::serialize(&value, &mut ser).map_err(failed)?;
+        }
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let text = if ensure_ascii {
+        let mut ascii = String::with_capacity(text.len());
+        for c in text.chars() {
+            if c.is_ascii() {
+                ascii.push(c);
+            } else {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    ascii.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+        }
+        ascii
+    } else {
+        text
+    };
+    Ok(minijinja::Value::from_safe_string(text))
 }
 
 /// `strftime_now(fmt)` as transformers provides it, for today's UTC date (`%d %b %Y` and the
@@ -429,12 +477,28 @@ mod tests {
 
     #[test]
     fn tojson_matches_python_json_dumps() {
-        let v = minijinja::Value::from(minijinja::value::Serde(
+        // Python: json.dumps(x, ensure_ascii=False), the same with indent=2 (also given by
+        // position, as Jinja's tojson takes it), and json.dumps(x).
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "x".into(),
             serde_json::json!({"a": [1, "é"], "b": {"c": null}}),
-        ));
+        );
+        let out = render_chat_template(
+            "{{ x|tojson }}|{{ x|tojson(indent=2) }}|{{ x|tojson(ensure_ascii=True) }}|{{ x|tojson(2) }}",
+            &[],
+            false,
+            &TokenizerMeta::default(),
+            &extra,
+        )
+        .unwrap();
+        let indented =
+            "{\n  \"a\": [\n    1,\n    \"é\"\n  ],\n  \"b\": {\n    \"c\": null\n  }\n}";
         assert_eq!(
-            python_tojson(v).unwrap().to_string(),
-            r#"{"a": [1, "é"], "b": {"c": null}}"#
+            out,
+            format!(
+                r#"{{"a": [1, "é"], "b": {{"c": null}}}}|{indented}|{{"a": [1, "\u00e9"], "b": {{"c": null}}}}|{indented}"#
+            )
         );
     }
 

@@ -16,6 +16,9 @@ pub struct ModelArgs {
     /// A Hugging Face model directory, a .gguf file, or a hub id such as Qwen/Qwen3-4B.
     #[arg(long)]
     pub model: String,
+    /// The revision of a hub id: a branch, tag or commit (default: its default branch).
+    #[arg(long)]
+    pub revision: Option<String>,
     /// A PEFT LoRA adapter directory to apply on top of the model.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -38,7 +41,7 @@ impl ModelArgs {
     /// The model's settings, checked as the config's `[model]` is.
     pub fn settings(&self) -> Result<ModelSettings> {
         ModelSettings::resolve(
-            &self.model,
+            (&self.model, self.revision.as_deref().unwrap_or_default()),
             (&self.dtype, &self.device, &self.attention),
             Names::Flags(&[("source", "model")]),
         )

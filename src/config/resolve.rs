@@ -88,16 +88,18 @@ impl Names {
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
     pub source: String,
+    /// The revision of a hub id (branch, tag or commit); `None`: its default branch.
+    pub revision: Option<String>,
     pub precision: Precision,
     pub device: DeviceSpec,
     pub attention: Attention,
 }
 
 impl ModelSettings {
-    /// Checks the model's source, precision, device and attention (`dtype`, `device`,
-    /// `attention` under `names`).
+    /// Checks the model's source and revision (empty: none), precision, device and attention
+    /// (`revision`, `dtype`, `device`, `attention` under `names`).
     pub fn resolve(
-        source: &str,
+        (source, revision): (&str, &str),
         (dtype, device, attention): (&str, &str, &str),
         names: Names,
     ) -> Result<Self> {
@@ -107,6 +109,22 @@ impl ModelSettings {
                 "is required (a model directory, a .gguf file or a hub id)",
             );
         }
+        let revision = (!revision.is_empty()).then(|| revision.to_string());
+        if let Some(rev) = &revision {
+            if let Err(e) = crate::model::io::hub::check_revision(rev) {
+                return names.fail("revision", format!("{e:#}"));
+            }
+            if std::path::Path::new(source).exists() {
+                return names.fail(
+                    "revision",
+                    format!(
+                        "`{rev}` names a commit of a hub id, and {} `{source}` is a path on \
+                         this machine; leave the revision out for a local model",
+                        names.of("source")
+                    ),
+                );
+            }
+        }
         let precision: Precision = names.parse("dtype", dtype)?;
         let device: DeviceSpec = names.parse("device", device)?;
         let attention: Attention = names.parse("attention", attention)?;
@@ -115,6 +133,7 @@ impl ModelSettings {
         }
         Ok(Self {
             source: source.to_string(),
+            revision,
             precision,
             device,
             attention,
@@ -129,6 +148,7 @@ impl ModelSettings {
             trainable,
             seed,
             attention: self.attention,
+            revision: self.revision.clone(),
         })
     }
 }
@@ -399,7 +419,7 @@ impl Config {
         finite_everywhere(&toml::Value::try_from(self)?, "")?;
         let m = &self.model;
         let model = ModelSettings::resolve(
-            &m.source,
+            (&m.source, &m.revision),
             (&m.dtype, &m.device, &m.attention),
             Names::Section("model"),
         )?;
@@ -502,7 +522,7 @@ mod tests {
     fn the_model_settings_name_the_flag_that_is_wrong() {
         let flags = Names::Flags(&[]);
         let err = |d: &str, dev: &str, a: &str| {
-            ModelSettings::resolve("m", (d, dev, a), flags)
+            ModelSettings::resolve(("m", ""), (d, dev, a), flags)
                 .unwrap_err()
                 .to_string()
         };
@@ -515,7 +535,7 @@ mod tests {
             "`--device`: expected cpu, cuda or cuda:N, got `gpu`"
         );
         assert!(err("f32", "cpu", "flash").starts_with("`--attention`: flash is unavailable: "));
-        let ok = ModelSettings::resolve("m", ("bf16", "cuda:1", "composed"), flags).unwrap();
+        let ok = ModelSettings::resolve(("m", ""), ("bf16", "cuda:1", "composed"), flags).unwrap();
         assert_eq!(
             (ok.precision, ok.device),
             (Precision::Bf16, DeviceSpec::Cuda(1))

@@ -30,6 +30,8 @@ pub enum Finetune {
 pub struct ModelSection {
     /// A Hugging Face directory, a .gguf file, or a hub id.
     pub source: String,
+    /// A hub id's revision: a branch, tag or commit (empty: the default branch).
+    pub revision: String,
     /// f32 or bf16.
     pub dtype: String,
     /// cpu, cuda or cuda:N.
@@ -48,6 +50,7 @@ impl Default for ModelSection {
     fn default() -> Self {
         Self {
             source: String::new(),
+            revision: String::new(),
             dtype: "f32".into(),
             device: "cpu".into(),
             attention: "composed".into(),

@@ -105,6 +105,9 @@ struct PeftConfig {
     bias: Option<String>,
     #[serde(default)]
     base_model_name_or_path: Option<String>,
+    /// The base model's hub revision (PEFT's name), when it is a hub id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<String>,
     #[serde(default)]
     fan_in_fan_out: bool,
     #[serde(default)]
@@ -159,8 +162,13 @@ fn seeded_uniform(seed: u64, n: usize, bound: f64) -> Vec<f32> {
         .collect()
 }
 
-/// Saves the adapters in PEFT's layout into `dir` (created if needed), each file atomically.
-pub fn save_adapter(model: &Decoder, dir: &Path, base_model: &str) -> Result<()> {
+/// Saves the adapters in PEFT's layout into `dir` (created if needed), each file atomically;
+/// `base_model` is the base as the user named it, with its hub revision if any.
+pub fn save_adapter(
+    model: &Decoder,
+    dir: &Path,
+    (base_model, revision): (&str, Option<&str>),
+) -> Result<()> {
     let Trainable::Lora(cfg) = model.trainable() else {
         bail!("the model has no LoRA adapters to save");
     };
@@ -176,6 +184,7 @@ pub fn save_adapter(model: &Decoder, dir: &Path, base_model: &str) -> Result<()>
         use_dora: false,
         bias: Some("none".into()),
         base_model_name_or_path: Some(base_model.to_string()),
+        revision: revision.map(str::to_string),
         fan_in_fan_out: false,
         inference_mode: true,
     };

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 
 /// Runs (or resumes) training as configured; returns the run directory.
 pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf> {
-    let settings = cfg.resolve()?;
+    let mut settings = cfg.resolve()?;
     let mut method = method_of(cfg)?;
     let (pool, eval) = read_data(cfg, &settings, method.as_ref())?;
     let plan = Plan::new(cfg, method.as_ref(), pool.len());
@@ -46,6 +46,11 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
         refuse_inputs("run.output_dir", &run_dir.path, &inputs(cfg, &settings))?;
     }
     let changes = check_resume(cfg, &run_dir, pool.len())?;
+    let recorded = match &run_dir.resumed {
+        Some(_) => Fingerprint::load(&run_dir.path)?,
+        None => None,
+    };
+    pin_recorded_commit(&mut settings, recorded.as_ref());
     let base = base_model(cfg, &settings, &run_dir)?;
     if dry_run {
         println!("{}", toml::to_string(cfg)?);
@@ -63,14 +68,18 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     }
     // The model's and the data's fingerprint (which may download a hub model, as loading it
     // would): a resume refuses other ones.
-    let source = base.is_some().then_some(settings.model.source.as_str());
-    let fingerprint = Fingerprint::of(cfg, source, (pool.len(), eval.len()))?;
-    let recorded = match &run_dir.resumed {
-        Some(_) => Fingerprint::load(&run_dir.path)?,
-        None => None,
-    };
+    let m = &settings.model;
+    let model = base
+        .is_some()
+        .then_some((m.source.as_str(), m.revision.as_deref()));
+    let fingerprint = Fingerprint::of(cfg, model, (pool.len(), eval.len()))?;
     if let Some(then) = &recorded {
         then.check_unchanged(&fingerprint, cfg, &run_dir.path)?;
+    }
+    // The rest of the run (the load, GRPO's reference, the adapters' config) reads the commit
+    // that was fingerprinted, even if the branch moves meanwhile.
+    if let Some(commit) = &fingerprint.model_commit {
+        settings.model.revision = Some(commit.clone());
     }
     // The model (and its device) first: a model or device that cannot be opened leaves the
     // output directory untouched.
@@ -116,14 +125,33 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
     Ok(run_dir.path.clone())
 }
 
+/// A resume of a hub model that names no revision goes on with the commit the run started
+/// with (its fingerprint records it), not with whatever the branch points to now.
+fn pin_recorded_commit(settings: &mut Settings, recorded: Option<&Fingerprint>) {
+    let m = &mut settings.model;
+    if let Some(commit) = recorded.and_then(|f| f.model_commit.as_ref())
+        && m.revision.is_none()
+        && !Path::new(&m.source).exists()
+    {
+        eprintln!(
+            "resuming on commit {commit} of `{}`, the one the run started with ({})",
+            m.source,
+            resume::FINGERPRINT
+        );
+        m.revision = Some(commit.clone());
+    }
+}
+
 /// The base model, described, when the run reads it: always, except a resumed full fine-tune
 /// (its weights are the checkpoint's) without a GRPO reference, which only warns if it is gone.
 fn base_model(cfg: &Config, settings: &Settings, run_dir: &RunDir) -> Result<Option<String>> {
     let needed = run_dir.resumed.is_none()
         || cfg.model.finetune == Finetune::Lora
         || (cfg.method == MethodName::Grpo && cfg.grpo.beta > 0.0);
-    match crate::model::io::hub::check(&settings.model.source).context("`model.source`") {
-        Ok(described) if needed || hub_cached(&settings.model.source) => Ok(Some(described)),
+    let m = &settings.model;
+    let revision = m.revision.as_deref();
+    match crate::model::io::hub::check(&m.source, revision).context("`model.source`") {
+        Ok(described) if needed || hub_cached(&m.source, revision) => Ok(Some(described)),
         Ok(_) => Ok(None),
         Err(e) if needed => Err(e),
         Err(e) => {
@@ -138,8 +166,8 @@ fn base_model(cfg: &Config, settings: &Settings, run_dir: &RunDir) -> Result<Opt
 
 /// Whether `source` is on this machine (a path, or a hub id in the local cache): a resume
 /// that does not read the base model never downloads it just to fingerprint it.
-fn hub_cached(source: &str) -> bool {
-    Path::new(source).exists() || crate::model::io::hub::in_local_cache(source)
+fn hub_cached(source: &str, revision: Option<&str>) -> bool {
+    Path::new(source).exists() || crate::model::io::hub::in_local_cache(source, revision)
 }
 
 /// Writes what a run keeps of its start, once its lock is held: the config (first, so that the
@@ -329,6 +357,10 @@ fn load_model(cfg: &Config, settings: &Settings, resume_from: Option<&Path>) -> 
         }
         (Some(ckpt), Finetune::Full) => {
             let dir = ckpt.join(checkpoint::MODEL);
+            let opts = LoadOptions {
+                revision: None,
+                ..opts
+            };
             load(dir.to_str().context("checkpoint path is not UTF-8")?, &opts)
         }
     }

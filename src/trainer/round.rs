@@ -334,7 +334,10 @@ impl Rounds<'_> {
                 Trainable::Lora(_) => save_adapter(
                     model,
                     &stage.join(checkpoint::ADAPTER),
-                    &self.cfg.model.source,
+                    (
+                        &self.settings.model.source,
+                        self.settings.model.revision.as_deref(),
+                    ),
                 )?,
                 _ => save_hf_dir(
                     model,

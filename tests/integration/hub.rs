@@ -113,6 +113,51 @@ fn checks(home: &Path) {
         "{e}"
     );
 
+    // The weights are named in the cache by their SHA-256 (Git LFS) and hashed each time a
+    // process first uses them: a cached blob changed on disk after its download is refused by
+    // name, and left where it is.
+    let lfs = home.join("hub/models--edco--lfs");
+    let snapshot = lfs.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(lfs.join("blobs")).unwrap();
+    std::fs::create_dir_all(lfs.join("refs")).unwrap();
+    std::fs::write(lfs.join("refs/main"), commit).unwrap();
+    copy_files(&model.path().join("model"), &snapshot);
+    std::fs::remove_file(snapshot.join("model.safetensors")).unwrap();
+    let weights = std::fs::read(model.path().join("model/model.safetensors")).unwrap();
+    let sha256: String = {
+        use sha2::Digest;
+        sha2::Sha256::digest(&weights)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    let blob = lfs.join("blobs").join(&sha256);
+    std::fs::write(&blob, &weights).unwrap();
+    std::os::unix::fs::symlink(&blob, snapshot.join("model.safetensors")).unwrap();
+    load("edco/lfs", &LoadOptions::default()).unwrap();
+    let mut changed = weights.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(&blob, &changed).unwrap();
+    let e = match load("edco/lfs", &LoadOptions::default()) {
+        Ok(_) => panic!("a changed cached weights blob was used"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        e.contains(
+            "model.safetensors: the cached file does not match the hub's id for it (SHA-256"
+        ),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        changed,
+        "the user's cache is left as it is"
+    );
+
+    revisions(home);
+
     // A cached index naming a file outside the snapshot is refused before anything is fetched
     // (hf-hub would build a link from the name).
     let evil = home.join("hub/models--edco--evil");
@@ -136,5 +181,148 @@ fn checks(home: &Path) {
         e.contains("model.safetensors.index.json")
             && e.contains("is not a file name inside the model folder"),
         "{e}"
+    );
+}
+
+fn copy_files(from: &Path, to: &Path) {
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), to.join(f.file_name())).unwrap();
+    }
+}
+
+/// A revision picks the snapshot: a branch or tag through `refs/`, a commit directly (as
+/// huggingface_hub leaves a cache: no ref for a commit); a bad one is refused by name.
+fn revisions(home: &Path) {
+    let repo = home.join("hub/models--edco--tagged");
+    let (qwen, llama) = (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    );
+    for (commit, arch) in [(qwen, Arch::Qwen3), (llama, Arch::Llama)] {
+        let snapshot = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        copy_files(&tiny_model(arch, true, 5).path().join("model"), &snapshot);
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), qwen).unwrap();
+    std::fs::write(repo.join("refs/v2"), format!("{llama}\n")).unwrap();
+    let at = |rev: Option<&str>| {
+        let opts = LoadOptions {
+            revision: rev.map(str::to_string),
+            ..Default::default()
+        };
+        load("edco/tagged", &opts).map(|m| (m.model.config.arch, m.origin))
+    };
+    let (arch, origin) = at(None).unwrap();
+    assert!(arch == Arch::Qwen3 && origin.contains(qwen), "{origin}");
+    let (arch, origin) = at(Some("v2")).unwrap();
+    assert!(arch == Arch::Llama && origin.contains(llama), "{origin}");
+    std::fs::write(repo.join("refs/main"), llama).unwrap();
+    let (arch, _) = at(Some(qwen)).unwrap();
+    assert_eq!(
+        arch,
+        Arch::Qwen3,
+        "a commit names its snapshot, wherever main points"
+    );
+    let err = |rev: &str| format!("{:#}", at(Some(rev)).err().unwrap());
+    let e = err("v3");
+    assert!(
+        e.contains("model `edco/tagged` at revision `v3`: no such file or directory here"),
+        "{e}"
+    );
+    let e = err("../../../x");
+    assert!(
+        e.contains("revision `../../../x`: not a branch, tag or commit"),
+        "{e}"
+    );
+    let local = tiny_model(Arch::Qwen3, true, 5);
+    let opts = LoadOptions {
+        revision: Some("main".into()),
+        ..Default::default()
+    };
+    let path = local.path().join("model");
+    let e = match load(path.to_str().unwrap(), &opts) {
+        Ok(_) => panic!("a revision was applied to a local path"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("is a path on this machine"), "{e}");
+}
+
+/// A run on a hub id records the commit it trained on (in fingerprint.json and the adapters'
+/// config); after the branch moves, a resume goes on with that commit, and one that names the
+/// new commit is refused, saying which the run started with.
+#[test]
+fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
+    use crate::train::{config_text, edco_under};
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--edco--moving");
+    let (first, moved) = (
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+    );
+    for (commit, fixture) in [(first, "tiny-qwen3"), (moved, "tiny-llama3")] {
+        let snapshot = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        copy_files(
+            crate::common::fixture_with_tokenizer(fixture).path(),
+            &snapshot,
+        );
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), first).unwrap();
+    let hub = format!(
+        "export HF_HOME='{}' HF_HUB_OFFLINE=1",
+        home.path().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(Path::new("edco/moving"), dir.path(), "keep_last = 10")
+        .replace("rounds = 2", "rounds = 1");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let run = dir.path().join("run");
+    let out = edco_under(&hub, &["train", "--config", cfg.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let fingerprint = std::fs::read_to_string(run.join("fingerprint.json")).unwrap();
+    assert!(
+        fingerprint.contains(&format!("\"model_commit\": \"{first}\"")),
+        "{fingerprint}"
+    );
+
+    std::fs::write(repo.join("refs/main"), moved).unwrap();
+    let resume = |sets: &[&str]| {
+        let mut args = vec!["train", "--resume", run.to_str().unwrap()];
+        for s in sets {
+            args.extend(["--set", s]);
+        }
+        edco_under(&hub, &args)
+    };
+    let other = format!("model.revision=\"{moved}\"");
+    let out = resume(&["curriculum.rounds=2", &other]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(&format!(
+                "resolves to commit {moved}, and the run started with commit {first}"
+            )),
+        "{err}"
+    );
+    let out = resume(&["curriculum.rounds=2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("resuming on commit {first} of `edco/moving`")),
+        "{err}"
+    );
+    let last = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    let adapter = std::fs::read_to_string(last.join("adapter/adapter_config.json")).unwrap();
+    assert!(
+        adapter.contains(&format!("\"revision\": \"{first}\"")),
+        "{adapter}"
     );
 }

@@ -516,7 +516,7 @@ fn adapter_round_trips_bit_exactly_in_peft_layout() {
     let model = load("tiny-qwen3", Trainable::Lora(lora_cfg()));
     random_b(&model);
     let dir = tempfile::tempdir().unwrap();
-    lora::save_adapter(&model, dir.path(), "tiny-qwen3").unwrap();
+    lora::save_adapter(&model, dir.path(), ("tiny-qwen3", None)).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.path().join("adapter_config.json")).unwrap(),
     )

@@ -27,6 +27,8 @@ pub struct LoadOptions {
     pub seed: u64,
     /// The attention of inference passes (see `Decoder::set_attention`).
     pub attention: Attention,
+    /// The revision (branch, tag or commit) of a hub id; `None`: its default branch.
+    pub revision: Option<String>,
 }
 
 impl Default for LoadOptions {
@@ -37,6 +39,7 @@ impl Default for LoadOptions {
             trainable: Trainable::Frozen,
             seed: 0,
             attention: Attention::Composed,
+            revision: None,
         }
     }
 }
@@ -53,7 +56,7 @@ pub struct Loaded {
 
 /// Loads a model named by `spec` (directory, `.gguf` file or hub id).
 pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
-    let mut loaded = match resolve(spec)? {
+    let mut loaded = match resolve(spec, opts.revision.as_deref())? {
         ModelFiles::HfDir(dir) => load_hf_dir(&dir, opts),
         ModelFiles::Gguf(path) => {
             let g = gguf::load(&path, opts.dtype)?;
