@@ -22,6 +22,30 @@ const MAX_FORMAT_PADDING: u64 = 1 << 24;
 /// `pprint`: 16 MiB, some four million tokens, beyond any prompt.
 pub const MAX_VALUE_TEXT: u64 = 16 << 20;
 
+/// The most text containers may render in one template render, however often their items
+/// are shared: 64 MiB.
+pub const MAX_CONTAINER_TEXT: u64 = 64 << 20;
+
+/// Renders the template `name` of `env` with `ctx` within the budget. Beyond fuel, the text
+/// containers render (printed, joined, concatenated with `~`, passed to a filter that takes a
+/// string) is bounded by [`MAX_CONTAINER_TEXT`] as it is written, item by item: a list holding
+/// one long string many times would otherwise build gigabytes before fuel saw any of it.
+pub fn render(env: &Environment<'_>, name: &str, ctx: Value) -> Result<String, Error> {
+    let template = env.get_template(name)?;
+    let (out, exceeded) =
+        minijinja::value::with_container_text_bound(MAX_CONTAINER_TEXT, || template.render(ctx));
+    if exceeded {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the text of its lists and maps would exceed {MAX_CONTAINER_TEXT} bytes \
+                 (a long value repeated many times)"
+            ),
+        ));
+    }
+    out
+}
+
 /// Gives `env` the render budget: fuel, and the size checks of printed and serialized values.
 pub fn bound(env: &mut Environment<'_>) {
     env.set_fuel(Some(FUEL));
@@ -181,7 +205,7 @@ mod tests {
         env.set_unknown_method_callback(python_methods);
         env.add_template("t", template).unwrap();
         let start = std::time::Instant::now();
-        let out = env.get_template("t").unwrap().render(());
+        let out = super::render(&env, "t", Value::UNDEFINED);
         (out, start.elapsed())
     }
 
@@ -200,6 +224,18 @@ mod tests {
             "{{ (['x' * 10000] * 100000000)|pprint }}",
             "{{ [[''] * 100000000] }}",
             "{% set l = ['x' * 10000] * 100000000 %}{{ {'a': l} }}",
+            // Every way a list becomes text: a list repeated lazily, and one long string held
+            // in many slots of a list built by hand.
+            "{{ ['x' * 10000] * 100000000 ~ '' }}",
+            "{{ [['x' * 10000] * 100000000]|join(',') }}",
+            "{{ (['x' * 10000] * 100000000)|upper }}",
+            "{{ '%s'|format(['x' * 10000] * 100000000) }}",
+            "{{ (['x' * 10000] * 100000000)|replace('a', 'b') }}",
+            "{{ (['x' * 10000] * 100000000)|sort|length }}",
+            "{% set l = ['x' * 100000] * 2000 %}{% set m = [l, l, l, l, l, l, l, l, l, l] %}\
+             {% set n = [m, m, m, m, m, m, m, m, m, m] %}{{ n ~ '' }}",
+            "{% set l = ['x' * 100000] * 2000 %}{% set t = (l, l, l, l, l, l, l, l, l, l) %}\
+             {{ (t, t, t, t, t, t, t, t, t, t)|upper }}",
         ] {
             let (out, took) = render(bomb);
             assert!(out.is_err(), "{bomb} rendered");

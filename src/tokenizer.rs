@@ -315,8 +315,8 @@ pub fn render_chat_template(
     for (k, v) in extra {
         ctx.insert(k.clone(), v.clone());
     }
-    env.get_template("chat_template")?
-        .render(Value::from(minijinja::value::Serde(&ctx)))
+    let ctx = Value::from(minijinja::value::Serde(&ctx));
+    crate::jinja::render(&env, "chat_template", ctx)
         .map_err(|e| anyhow!("rendering the chat template: {e:#}"))
 }
 

@@ -102,9 +102,8 @@ impl PromptTemplates {
     }
 
     fn render(&self, name: &str, ctx: serde_json::Value) -> Result<String> {
-        self.env
-            .get_template(name)?
-            .render(minijinja::value::Value::from(minijinja::value::Serde(&ctx)))
+        let ctx = minijinja::value::Value::from(minijinja::value::Serde(&ctx));
+        crate::jinja::render(&self.env, name, ctx)
             .with_context(|| format!("rendering the {name} template"))
     }
 

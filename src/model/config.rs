@@ -88,6 +88,34 @@ struct HfConfig {
 }
 
 impl ModelConfig {
+    /// Refuses the real numbers the model cannot run with (they would give NaN at the first
+    /// token, or divide by zero): the norm's epsilon and the rope base must be finite and
+    /// positive, and so must llama3 rope scaling's factors. `name` says how the file names a
+    /// setting.
+    pub fn check_numbers(&self, name: impl Fn(&str) -> String) -> Result<()> {
+        let mut numbers = vec![
+            ("rms_norm_eps", self.rms_norm_eps),
+            ("rope_theta", self.rope_theta),
+        ];
+        if let Some(s) = &self.rope_scaling {
+            numbers.extend([
+                ("rope_scaling.factor", s.factor),
+                ("rope_scaling.low_freq_factor", s.low_freq_factor),
+                ("rope_scaling.high_freq_factor", s.high_freq_factor),
+                (
+                    "rope_scaling.original_max_position_embeddings",
+                    s.original_max_position_embeddings as f64,
+                ),
+            ]);
+        }
+        for (key, v) in numbers {
+            if !(v.is_finite() && v > 0.0) {
+                bail!("{}: must be finite and positive, got {v}", name(key));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and resolves a `config.json`; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -290,6 +318,7 @@ impl HfConfig {
         if config.vocab_size == 0 || config.hidden_size == 0 || config.num_hidden_layers == 0 {
             bail!("fields `vocab_size`, `hidden_size` and `num_hidden_layers` must be positive");
         }
+        config.check_numbers(|name| format!("field `{name}`"))?;
         Ok(config)
     }
 }

@@ -43,6 +43,31 @@ fn missing_or_malformed_config() {
         "{e}"
     );
 
+    // Numbers the model cannot run with are refused by field before any weight is read.
+    for (from, to, expected) in [
+        (
+            "\"rope_theta\": ",
+            "\"rope_theta\": -",
+            "field `rope_theta`: must be finite and positive, got -",
+        ),
+        (
+            "\"rms_norm_eps\": ",
+            "\"rms_norm_eps\": -",
+            "field `rms_norm_eps`: must be finite and positive",
+        ),
+        // A layer count no file could hold names the first layer missing, allocating nothing.
+        (
+            "\"num_hidden_layers\": 2",
+            "\"num_hidden_layers\": 1000000000000",
+            "missing tensor `model.layers.2.",
+        ),
+    ] {
+        assert!(text.contains(from), "{from}");
+        std::fs::write(&cfg, text.replacen(from, to, 1)).unwrap();
+        let e = load_err(model.to_str().unwrap());
+        assert!(e.contains(expected), "{e}");
+    }
+
     std::fs::remove_file(&cfg).unwrap();
     let e = load_err(model.to_str().unwrap());
     assert!(e.contains("no config.json"), "{e}");
@@ -351,28 +376,47 @@ fn template_bombs_stop_naming_the_template() {
     let cfg_path = model.join("tokenizer_config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["chat_template"] = "{% for i in range(100000) %}{% for j in range(100000) %}\
-        {{ messages[0].content }}{% endfor %}{% endfor %}"
-        .into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-    let start = std::time::Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edco"))
-        .args([
-            "generate",
-            "--model",
-            model.to_str().unwrap(),
-            "--prompt",
-            "hi",
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("rendering the chat template") && err.contains("fuel"),
-        "{err}"
-    );
-    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    // Each runs in the binary under a 1 GiB address-space limit: a bomb that allocated its
+    // gigabytes would abort the process instead of failing with the message.
+    for (bomb, expected) in [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}\
+             {{ messages[0].content }}{% endfor %}{% endfor %}",
+            "fuel",
+        ),
+        ("{{ ['x' * 10000] * 100000000 ~ '' }}", "fuel"),
+        ("{{ '%s'|format(['x' * 10000] * 100000000) }}", "fuel"),
+        (
+            "{% set l = ['x' * 100000] * 2000 %}{% set m = [l, l, l, l, l, l, l, l, l, l] %}\
+             {{ [m, m, m, m, m, m, m, m, m, m]|upper }}",
+            "the text of its lists and maps would exceed",
+        ),
+        (
+            "{% set l = ['x' * 100000] * 2000 %}{{ [l, l, l, l, l, l, l, l, l, l]|tojson }}",
+            "tojson: the value's text would exceed",
+        ),
+    ] {
+        cfg["chat_template"] = bomb.into();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let start = std::time::Instant::now();
+        let out = crate::train::edco_under(
+            "ulimit -v 1048576",
+            &[
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--prompt",
+                "hi",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{bomb}: {err}");
+        assert!(
+            err.contains("rendering the chat template") && err.contains(expected),
+            "{bomb}: {err}"
+        );
+        assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    }
 
     let doubling = "{% set s = namespace(v=question) %}{% for i in range(64) %}\
         {% set s.v = s.v ~ s.v %}{% endfor %}{{ s.v }}";

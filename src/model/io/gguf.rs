@@ -191,6 +191,14 @@ pub fn load(path: &Path, dtype: DType) -> Result<GgufModel> {
             bail!("{}: `{arch_name}.{key}` must be positive", path.display());
         }
     }
+    config.check_numbers(|key| {
+        let key = match key {
+            "rms_norm_eps" => "attention.layer_norm_rms_epsilon",
+            "rope_theta" => "rope.freq_base",
+            other => other,
+        };
+        format!("{}: `{arch_name}.{key}`", path.display())
+    })?;
     if config.head_dim == 0 || !config.head_dim.is_multiple_of(2) {
         bail!(
             "{}: head size {} must be even and positive ({arch_name}.attention.key_length)",
