@@ -336,28 +336,36 @@ fn a_full_fine_tune_resumes_without_its_base_model() {
     std::fs::rename(&gone, model.path()).unwrap();
 }
 
-/// A copy of the tiny model whose final norm holds a NaN.
-fn nan_model() -> tempfile::TempDir {
+/// A copy of the tiny model in which `tensor` holds a NaN.
+fn nan_model(tensor: &str) -> tempfile::TempDir {
     let model = fixture_with_tokenizer("tiny-llama3");
     let path = model.path().join("model.safetensors");
     let mut tensors = candle_core::safetensors::load(&path, &candle_core::Device::Cpu).unwrap();
-    let norm = &tensors["model.norm.weight"];
-    let mut values: Vec<f32> = norm.to_vec1().unwrap();
+    let t = &tensors[tensor];
+    let mut values: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
     values[3] = f32::NAN;
-    let nan = candle_core::Tensor::new(values, &candle_core::Device::Cpu).unwrap();
-    tensors.insert("model.norm.weight".into(), nan);
+    let nan = candle_core::Tensor::from_vec(values, t.shape(), &candle_core::Device::Cpu).unwrap();
+    tensors.insert(tensor.into(), nan);
     candle_core::safetensors::save(&tensors, &path).unwrap();
     model
 }
 
 #[test]
 fn non_finite_logits_and_settings_stop_the_command() {
-    let model = nan_model();
-    let m = model.path().to_str().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write_pool(&d.join("pool.jsonl"), 3);
-    for dtype in ["f32", "bf16"] {
+    // A NaN in the final norm reaches every logit directly; one in a query projection only
+    // through attention, whose softmax must not take a line of NaN scores for a masked one.
+    let in_attention = nan_model("model.layers.0.self_attn.q_proj.weight");
+    let model = nan_model("model.norm.weight");
+    for (m, dtype) in [
+        (model.path(), "f32"),
+        (model.path(), "bf16"),
+        (in_attention.path(), "f32"),
+        (in_attention.path(), "bf16"),
+    ] {
+        let m = m.to_str().unwrap();
         let score = |extra: &[&str]| {
             let mut args = vec![
                 "estimate-entropy",
@@ -478,7 +486,7 @@ fn non_finite_logits_and_settings_stop_the_command() {
         &[
             "generate",
             "--model",
-            m,
+            model.path().to_str().unwrap(),
             "--prompt",
             "hi",
             "--temperature",

@@ -152,7 +152,15 @@ fn softmax_lines(scores: &mut [f32], keys: usize, k0: usize, first_query: usize,
         }
         let max = exp::max(line);
         if max == f32::NEG_INFINITY {
-            line.fill(0.0);
+            // Every key hidden: the query attends to nothing. The max skips NaN, so a line of
+            // NaN scores (NaN in the query or keys) lands here too and must stay NaN, for the
+            // non-finite checks downstream to see it.
+            let fill = if line.iter().any(|x| x.is_nan()) {
+                f32::NAN
+            } else {
+                0.0
+            };
+            line.fill(fill);
             continue;
         }
         let inv = (1.0 / exp::exp_sum_in_place(line, max)) as f32;
@@ -469,7 +477,7 @@ impl CustomOp3 for AttentionGrad {
 mod tests {
     use super::*;
     use crate::model::layers::{attention as composed, causal_mask};
-    use candle_core::{D, Device};
+    use candle_core::{D, DType, Device};
 
     fn check(b: usize, tq: usize, tk: usize, h: usize, kvh: usize, mask: Vec<Vec<u8>>) {
         check_d(b, tq, tk, h, kvh, 16, mask)
@@ -502,6 +510,56 @@ mod tests {
                 assert!(diff < 1e-5, "row {row} query {i}: {diff}");
             }
         }
+    }
+
+    #[test]
+    fn a_nan_in_a_query_stays_nan_and_a_masked_query_gives_zero() {
+        let dev = Device::Cpu;
+        let (tq, h, d) = (3, 2, 16);
+        let mut values = vec![0.5f32; tq * h * d];
+        values[d] = f32::NAN; // query 0, head 1
+        let q = Tensor::from_vec(values, (1, tq, h, d), &dev).unwrap();
+        let kv = Tensor::ones((1, tq, 1, d), DType::F32, &dev).unwrap();
+        // Prefill (several queries) and a decoding step (the last query alone).
+        for (q, mask) in [
+            (q.clone(), vec![vec![1, 1, 1]]),
+            (
+                q.narrow(1, 0, 1).unwrap().contiguous().unwrap(),
+                vec![vec![1, 1, 1]],
+            ),
+        ] {
+            let out = attention(&q, &kv, &kv, &mask).unwrap();
+            let row: Vec<f32> = out
+                .get(0)
+                .unwrap()
+                .get(0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                row[..d].iter().all(|x| x.is_finite()),
+                "head 0 is untouched"
+            );
+            assert!(
+                row[d..].iter().all(|x| x.is_nan()),
+                "head 1 carries the NaN"
+            );
+        }
+        // Query 0 of a row whose first key is padding sees nothing: zeros, not NaN.
+        let q = Tensor::ones((1, tq, h, d), DType::F32, &dev).unwrap();
+        let out = attention(&q, &kv, &kv, &[vec![0, 1, 1]]).unwrap();
+        let first: Vec<f32> = out
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert!(first.iter().all(|&x| x == 0.0));
     }
 
     #[test]
