@@ -214,7 +214,7 @@ fn model_digest(resolved: ModelFiles) -> Result<String> {
     let files = match resolved {
         ModelFiles::Gguf(path) => vec![path],
         ModelFiles::HfDir(dir) => {
-            let mut files = vec![dir.join("config.json")];
+            let mut files = vec![crate::model::io::folder::file(&dir, "config.json")?];
             files.extend(weight_files(&dir)?);
             files
         }

@@ -69,13 +69,14 @@ fn probe(inner: &tokenizers::Tokenizer) -> Result<()> {
 impl Tokenizer {
     /// `tokenizer.json`, plus `tokenizer_config.json` and `chat_template.jinja` when present.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("tokenizer.json");
+        use crate::model::io::folder;
+        let path = folder::file(dir, "tokenizer.json")?;
         let inner =
             crate::contain::contained(path.display(), || tokenizers::Tokenizer::from_file(&path))?
                 .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         probe(&inner).with_context(|| format!("{}: cannot load tokenizer", path.display()))?;
         let mut meta = TokenizerMeta::default();
-        let cfg_path = dir.join("tokenizer_config.json");
+        let cfg_path = folder::file(dir, "tokenizer_config.json")?;
         if cfg_path.is_file() {
             let text = std::fs::read_to_string(&cfg_path)
                 .with_context(|| format!("reading {}", cfg_path.display()))?;
@@ -101,7 +102,7 @@ impl Tokenizer {
                 ),
             };
         }
-        let jinja = dir.join("chat_template.jinja");
+        let jinja = folder::file(dir, "chat_template.jinja")?;
         if jinja.is_file() {
             meta.chat_template = Some(
                 std::fs::read_to_string(&jinja)

@@ -202,7 +202,7 @@ pub fn save_adapter(
 
 /// Reads a PEFT adapter directory's LoRA settings.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
-    let path = dir.join(ADAPTER_CONFIG);
+    let path = crate::model::io::folder::file(dir, ADAPTER_CONFIG)?;
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let peft: PeftConfig = serde_json::from_str(&text)
@@ -261,7 +261,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
 /// replacing any adapters it had; the loaded adapters are trainable.
 pub fn load_adapter(model: &mut Decoder, dir: &Path) -> Result<()> {
     let cfg = read_adapter_config(dir)?;
-    let source = WeightSource::from_files(vec![dir.join(ADAPTER_WEIGHTS)])?;
+    let weights = crate::model::io::folder::file(dir, ADAPTER_WEIGHTS)?;
+    let source = WeightSource::from_files(vec![weights])?;
     let (dtype, device) = (model.dtype, model.device.clone());
     let mut vars = Vec::new();
     for (name, lin) in model.linears_mut() {

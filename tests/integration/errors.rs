@@ -429,3 +429,51 @@ fn template_bombs_stop_naming_the_template() {
         "{e}"
     );
 }
+
+/// A folder from elsewhere may hold links that point anywhere (a git clone keeps them): the
+/// loader reads a model's or adapter's files only when they resolve inside the folder.
+#[test]
+fn links_out_of_a_model_or_adapter_folder_are_refused() {
+    use std::os::unix::fs::symlink;
+    let elsewhere = tempfile::tempdir().unwrap();
+    for file in ["tokenizer.json", "config.json", "model.safetensors"] {
+        let dir = tiny_model(Arch::Qwen3, true, 0);
+        let model = dir.path().join("model");
+        let outside = elsewhere.path().join(file);
+        std::fs::rename(model.join(file), &outside).unwrap();
+        symlink(&outside, model.join(file)).unwrap();
+        let e = load_err(model.to_str().unwrap());
+        assert!(
+            e.contains(&format!("{file}: a link to")) && e.contains("outside the folder"),
+            "{file}: {e}"
+        );
+        // A link inside the folder is fine.
+        std::fs::rename(&outside, model.join("real")).unwrap();
+        std::fs::remove_file(model.join(file)).unwrap();
+        symlink("real", model.join(file)).unwrap();
+        load(model.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    }
+    // An adapter folder is checked the same way.
+    let dir = tiny_model(Arch::Qwen3, true, 0);
+    let model = dir.path().join("model");
+    let mut m = load(model.to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let adapter = tempfile::tempdir().unwrap();
+    let trained = load(
+        model.to_str().unwrap(),
+        &LoadOptions {
+            trainable: edco::model::Trainable::Lora(Default::default()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    edco::model::lora::save_adapter(&trained.model, adapter.path(), ("m", None)).unwrap();
+    let config = adapter.path().join("adapter_config.json");
+    let outside = elsewhere.path().join("adapter_config.json");
+    std::fs::rename(&config, &outside).unwrap();
+    symlink(&outside, &config).unwrap();
+    let e = format!(
+        "{:#}",
+        edco::model::lora::load_adapter(&mut m.model, adapter.path()).unwrap_err()
+    );
+    assert!(e.contains("adapter_config.json: a link to"), "{e}");
+}

@@ -3,6 +3,7 @@
 //! generation defaults that come with it; and saving a model back as a Hugging Face directory.
 //! The formats: `safetensors` (HF weights), `gguf` (llama.cpp's files), `hub` (what a user names).
 
+pub mod folder;
 pub mod gguf;
 pub mod hub;
 pub mod safetensors;
@@ -82,9 +83,9 @@ pub fn load(spec: &str, opts: &LoadOptions) -> Result<Loaded> {
 }
 
 fn load_hf_dir(dir: &Path, opts: &LoadOptions) -> Result<Loaded> {
-    let config = ModelConfig::from_file(&dir.join("config.json"))?;
+    let config = ModelConfig::from_file(&folder::file(dir, "config.json")?)?;
     let tokenizer = Tokenizer::from_dir(dir)?;
-    let generation_eos = read_generation_eos(&dir.join("generation_config.json"))?;
+    let generation_eos = read_generation_eos(&folder::file(dir, "generation_config.json")?)?;
     let weights = WeightSource::from_hf_dir(dir)?;
     let model = Decoder::new(
         config,

@@ -104,8 +104,8 @@ fn display_list(files: &[PathBuf]) -> String {
 /// The weight files a Hugging Face directory is loaded from: `model.safetensors`, or the shards
 /// its index names.
 pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    let index = dir.join("model.safetensors.index.json");
+    let single = super::folder::file(dir, "model.safetensors")?;
+    let index = super::folder::file(dir, "model.safetensors.index.json")?;
     if single.is_file() {
         Ok(vec![single])
     } else if index.is_file() {
@@ -120,7 +120,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let dir = index.parent().unwrap_or(Path::new("."));
-    let files: Vec<PathBuf> = index_shards(index)?.iter().map(|n| dir.join(n)).collect();
+    let files = index_shards(index)?
+        .iter()
+        .map(|n| super::folder::file(dir, n))
+        .collect::<Result<Vec<PathBuf>>>()?;
     for f in &files {
         if !f.is_file() {
             bail!("{}: shard {} does not exist", index.display(), f.display());
