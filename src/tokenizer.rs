@@ -218,18 +218,21 @@ impl Tokenizer {
         )
     }
 
+    /// Token ids of `text`. The library's panics (a stranger's pre-tokenizer pattern that
+    /// backtracks past the regex engine's limit, on some text only) are errors.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, add_special_tokens)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let enc = crate::contain::contained("tokenizing: the model's tokenizer.json", || {
+            self.inner.encode(text, add_special_tokens)
+        })?
+        .map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| anyhow!("decoding: {e}"))
+        crate::contain::contained("decoding: the model's tokenizer.json", || {
+            self.inner.decode(ids, skip_special_tokens)
+        })?
+        .map_err(|e| anyhow!("decoding: {e}"))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

@@ -477,3 +477,47 @@ fn links_out_of_a_model_or_adapter_folder_are_refused() {
     );
     assert!(e.contains("adapter_config.json: a link to"), "{e}");
 }
+
+/// A stranger's pre-tokenizer pattern that backtracks catastrophically on some text: the regex
+/// engine stops it at its retry limit and panics, on that text only (the load-time probe passes).
+/// The command fails with the sample named, in well under a second, instead of crashing.
+#[test]
+fn a_pathological_pre_tokenizer_pattern_fails_naming_the_sample() {
+    let dir = tiny_model(Arch::Qwen3, true, 0);
+    let model = dir.path().join("model");
+    let path = model.join("tokenizer.json");
+    let mut t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let byte_level = t["pre_tokenizer"].clone();
+    t["pre_tokenizer"] = serde_json::json!({
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": false},
+            byte_level,
+        ],
+    });
+    std::fs::write(&path, t.to_string()).unwrap();
+    let data = dir.path().join("d.jsonl");
+    let line = serde_json::json!({"id": "runs", "question": format!("{}!", "a".repeat(60)), "answer": "y"});
+    std::fs::write(&data, format!("{line}\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edco"))
+        .args([
+            "estimate-entropy",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+        ])
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("s.jsonl"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sample `runs`: tokenizing: the model's tokenizer.json: malformed")
+            && err.contains("retry-limit-in-match")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+}
