@@ -346,6 +346,30 @@ fn crafted_gguf_headers_are_refused_by_name() {
         e.contains("needs 4294967296 bytes at offset 0, the file has 64 bytes"),
         "{e}"
     );
+    // A metadata string or array longer than the file is refused before it is allocated.
+    let mut long = base(2);
+    long.push((
+        "general.name",
+        STRING,
+        ((1u64 << 30) - 1).to_le_bytes().to_vec(),
+    ));
+    let e = err(gguf(&long, &[], &[]));
+    assert!(
+        e.contains("string length 1073741823 exceeds remaining file bytes"),
+        "{e}"
+    );
+    let mut many = base(2);
+    let array = [
+        U32.to_le_bytes().to_vec(),
+        ((1u64 << 30) - 1).to_le_bytes().to_vec(),
+    ]
+    .concat();
+    many.push(("general.tags", ARRAY, array));
+    let e = err(gguf(&many, &[], &[]));
+    assert!(
+        e.contains("array of 1073741823 elements needs at least"),
+        "{e}"
+    );
 }
 
 /// A tokenizer.json whose normalizer tables panic the tokenizer library is an error naming

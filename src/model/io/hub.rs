@@ -259,6 +259,19 @@ fn hub_snapshot(id: &str, revision: &str) -> Result<PathBuf> {
     // The cached weights are hashed in parallel (seconds for a 4B model); the missing ones are
     // downloaded one after the other.
     use rayon::prelude::*;
+    let unhashed_bytes: u64 = shards
+        .iter()
+        .filter_map(|s| std::fs::canonicalize(repo.cached(&commit, s)?).ok())
+        .filter(|blob| blob.file_name().is_some_and(|n| n.len() == 64))
+        .filter_map(|blob| blob_key(&blob).filter(|k| !verified(k)))
+        .map(|(_, len, _)| len)
+        .sum();
+    if unhashed_bytes > 1 << 30 {
+        eprintln!(
+            "checking the {:.1} GB of cached weights of `{id}` against their SHA-256",
+            unhashed_bytes as f64 / 1e9
+        );
+    }
     shards
         .par_iter()
         .try_for_each(|s| cached_checked(&commit, s).map(drop))?;
@@ -274,6 +287,17 @@ type BlobKey = (PathBuf, u64, std::time::SystemTime);
 /// Blobs already hashed in this process: a model resolved several times (its fingerprint, its
 /// load, GRPO's reference) is hashed once, unless its file changed in between.
 static VERIFIED: std::sync::Mutex<Vec<BlobKey>> = std::sync::Mutex::new(Vec::new());
+
+/// A blob's key in [`VERIFIED`]: its real path, size and modification time.
+fn blob_key(blob: &Path) -> Option<BlobKey> {
+    std::fs::metadata(blob)
+        .and_then(|m| Ok((blob.to_path_buf(), m.len(), m.modified()?)))
+        .ok()
+}
+
+fn verified(key: &BlobKey) -> bool {
+    VERIFIED.lock().is_ok_and(|v| v.contains(key))
+}
 
 /// Checks a hub cache file against the name of its blob. The hub cache names each blob by the
 /// file's ETag: for files kept in Git LFS (the weights) the SHA-256 of the content, for the
@@ -295,11 +319,8 @@ pub fn verify_blob(path: &Path, fresh: bool) -> Result<()> {
         64 => ("SHA-256", true),
         _ => return Ok(()),
     };
-    let key = std::fs::metadata(&blob)
-        .and_then(|m| Ok((blob.clone(), m.len(), m.modified()?)))
-        .ok();
-    let seen = |k: &BlobKey| VERIFIED.lock().is_ok_and(|v| v.contains(k));
-    if key.as_ref().is_some_and(seen) {
+    let key = blob_key(&blob);
+    if key.as_ref().is_some_and(verified) {
         return Ok(());
     }
     let mut file =
