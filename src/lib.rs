@@ -6,6 +6,7 @@ pub mod atomic_file;
 pub mod audit;
 pub mod checkpoint;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod contain;
 pub mod curriculum;

@@ -23,6 +23,16 @@ pub fn std_dev(values: &[f64]) -> f64 {
     (values.iter().map(|x| (x - m).powi(2)).sum::<f64>() / values.len().max(1) as f64).sqrt()
 }
 
+/// The sample standard deviation (divided by n - 1): the spread of a few seeds' results, and
+/// the one Student's t interval takes. 0 for fewer than two values.
+pub fn sample_std_dev(values: &[f64]) -> f64 {
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let m = mean(values);
+    (values.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (values.len() - 1) as f64).sqrt()
+}
+
 /// 1-based ranks with ties sharing their average rank.
 pub fn ranks(values: &[f64]) -> Vec<f64> {
     let mut idx: Vec<usize> = (0..values.len()).collect();

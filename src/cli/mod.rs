@@ -5,6 +5,7 @@
 
 mod args;
 mod check_device;
+mod compare;
 mod estimate_entropy;
 mod generate;
 mod init_model;
@@ -29,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Train with the dynamic curriculum: score, select, fine-tune, evaluate, round after round.
     Train(train::TrainArgs),
+    /// Compare curriculum strategies at the same budget over seeds: a study of normal runs,
+    /// with a report of held-out accuracy, its spread, the difference to random, and time.
+    Compare(compare::CompareArgs),
     /// Generate completions for one or more prompts.
     Generate(generate::GenerateArgs),
     /// Per-sample mean negative log-likelihood of each reference response (JSON lines).
@@ -44,6 +48,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Perplexity(a) => perplexity::run(a),
         Command::EstimateEntropy(a) => estimate_entropy::run(a),

@@ -253,6 +253,14 @@ fn inputs<'a>(cfg: &'a Config, settings: &'a Settings) -> Vec<Input<'a>> {
     inputs
 }
 
+/// What a run of `cfg` would do (its pool read and checked), without loading the model.
+pub fn plan(cfg: &Config) -> Result<Plan> {
+    let settings = cfg.resolve()?;
+    let method = method_of(cfg)?;
+    let (pool, _) = read_data(cfg, &settings, method.as_ref())?;
+    Ok(Plan::new(cfg, method.as_ref(), pool.len()))
+}
+
 /// The trainer of `cfg.method`: the one place the loop reads which it is.
 fn method_of(cfg: &Config) -> Result<Box<dyn Method>> {
     Ok(match cfg.method {

@@ -5,6 +5,7 @@
 mod common;
 
 mod cli;
+mod compare;
 mod configs;
 mod entropy;
 mod errors;

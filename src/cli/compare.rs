@@ -1,0 +1,69 @@
+//! `edco compare`: a budget-matched study of curriculum strategies over seeds, from one
+//! training config (see `crate::compare`).
+
+use crate::compare::{Arm, Study};
+use anyhow::{Result, bail};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct CompareArgs {
+    /// The training config every arm starts from.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The arms: strategies (edco, random, length, perplexity, entropy), or
+    /// NAME:KEY=VALUE[,KEY=VALUE...] for one with its own settings, e.g.
+    /// edco-drop:curriculum.drop_top_fraction=0.1. Comma-separated strategies, or repeat.
+    #[arg(long = "arm", value_name = "ARM", default_value = "edco,random")]
+    pub arms: Vec<String>,
+    /// The seeds (run.seed) every arm runs with: a count N (seeds 1..=N) or a list (1,7,9).
+    #[arg(long, default_value = "3")]
+    pub seeds: String,
+    /// Override a config value for every arm, e.g. --set curriculum.rounds=4 (repeatable).
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// The study's directory: runs/ARM/seed-S, report.md, report.json and pictures. Running the
+    /// same study into it again finishes what is missing.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn run(a: CompareArgs) -> Result<()> {
+    let mut arms = Vec::new();
+    for spec in &a.arms {
+        // A strategy list is comma-separated; an arm with settings is one spec.
+        if spec.contains(':') {
+            arms.push(Arm::parse(spec)?);
+        } else {
+            for s in spec.split(',').filter(|s| !s.is_empty()) {
+                arms.push(Arm::parse(s)?);
+            }
+        }
+    }
+    let study = Study {
+        config: a.config,
+        sets: a.overrides,
+        arms,
+        seeds: seeds(&a.seeds)?,
+    };
+    let report = crate::compare::run(&study, &a.out)?;
+    print!("{}", report.markdown());
+    println!(
+        "report: {} ({}), pictures: {}, {}",
+        a.out.join("report.md").display(),
+        a.out.join("report.json").display(),
+        a.out.join("accuracy.svg").display(),
+        a.out.join("accuracy_vs_time.svg").display()
+    );
+    Ok(())
+}
+
+/// `N` (seeds 1..=N) or a comma-separated list.
+fn seeds(spec: &str) -> Result<Vec<u64>> {
+    let parsed: Result<Vec<u64>, _> = spec.split(',').map(|s| s.trim().parse()).collect();
+    match parsed {
+        Ok(v) if v.len() == 1 && v[0] > 0 => Ok((1..=v[0]).collect()),
+        Ok(v) if v.len() > 1 => Ok(v),
+        _ => bail!("--seeds `{spec}`: expected a count (3) or a list of seeds (1,7,9)"),
+    }
+}

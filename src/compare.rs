@@ -1,0 +1,607 @@
+//! `edco compare`: does the curriculum help, at the same budget? A study runs a set of arms
+//! (a curriculum strategy, with any setting overrides) times a set of seeds from one training
+//! config. Every arm trains the same number of rounds, samples per round and optimizer steps
+//! (checked before any run starts), so only which samples are trained on differs. Each
+//! (arm, seed) is a normal run directory under `runs/`: a study that was stopped resumes the
+//! unfinished runs and leaves the finished ones alone. The report (`report.md`, `report.json`
+//! and two pictures) is computed from the runs' own `metrics.jsonl` files.
+
+use crate::atomic_file::write_atomic;
+use crate::config::Config;
+use crate::run_dir::read_metrics;
+use crate::{plot, stats};
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// One arm: a name and the settings it overrides in the study's config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Arm {
+    pub name: String,
+    pub sets: Vec<String>,
+}
+
+impl Arm {
+    /// `edco`, `random`, `length`, `perplexity`, `entropy` (a strategy, nothing else changed),
+    /// or `NAME:KEY=VALUE[,KEY=VALUE...]`.
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (name, sets) = match spec.split_once(':') {
+            Some((name, sets)) => (name, sets.split(',').map(str::to_string).collect()),
+            None => (spec, vec![format!("curriculum.strategy=\"{spec}\"")]),
+        };
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            bail!(
+                "arm `{spec}`: its name must be letters, digits, `-`, `_` or `.` (it names a \
+                 folder), as in `random` or `edco-drop:curriculum.drop_top_fraction=0.1`"
+            );
+        }
+        if sets.iter().any(|s: &String| !s.contains('=')) {
+            bail!("arm `{spec}`: expected NAME:KEY=VALUE[,KEY=VALUE...]");
+        }
+        Ok(Self {
+            name: name.to_string(),
+            sets,
+        })
+    }
+}
+
+/// What a study is: recorded in `study.json` when it starts, and checked when it is run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Study {
+    /// The training config every arm starts from.
+    pub config: PathBuf,
+    /// Overrides for every arm, applied before the arm's own.
+    pub sets: Vec<String>,
+    pub arms: Vec<Arm>,
+    pub seeds: Vec<u64>,
+}
+
+pub const STUDY: &str = "study.json";
+
+impl Study {
+    /// The config of `arm` at `seed`, writing its run to `dir`.
+    fn config_of(&self, arm: &Arm, seed: u64, dir: &Path) -> Result<Config> {
+        let mut sets = self.sets.clone();
+        sets.extend(arm.sets.iter().cloned());
+        sets.push(format!("run.seed={seed}"));
+        let dir = dir.to_str().context("the study's path is not UTF-8")?;
+        sets.push(format!("run.output_dir={}", toml::Value::from(dir)));
+        Config::load(&self.config, &sets).with_context(|| format!("arm `{}`", arm.name))
+    }
+
+    fn run_dir(out: &Path, arm: &Arm, seed: u64) -> PathBuf {
+        out.join("runs")
+            .join(&arm.name)
+            .join(format!("seed-{seed}"))
+    }
+
+    /// Refuses a study whose arms would not train at the same budget, before anything runs.
+    fn check_budget(&self, out: &Path) -> Result<()> {
+        let mut first: Option<(String, (usize, usize, usize))> = None;
+        for arm in &self.arms {
+            let cfg = self.config_of(arm, self.seeds[0], &Self::run_dir(out, arm, 0))?;
+            let plan = crate::trainer::plan(&cfg)?;
+            let budget = (cfg.curriculum.rounds, plan.per_round, plan.steps_per_round);
+            match &first {
+                None => first = Some((arm.name.clone(), budget)),
+                Some((name, b)) if *b != budget => bail!(
+                    "arm `{}` trains {} rounds of {} samples in {} steps each, arm `{name}` {} of \
+                     {} in {}: a study compares arms at the same budget; set the rounds and the \
+                     selection size for the whole study, not per arm",
+                    arm.name,
+                    budget.0,
+                    budget.1,
+                    budget.2,
+                    b.0,
+                    b.1,
+                    b.2
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the study into `out` (new, empty, or this study's own directory), then reports.
+pub fn run(study: &Study, out: &Path) -> Result<Report> {
+    if study.arms.is_empty() || study.seeds.is_empty() {
+        bail!("a study needs at least one arm and one seed");
+    }
+    let mut names: Vec<&str> = study.arms.iter().map(|a| a.name.as_str()).collect();
+    names.sort_unstable();
+    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+        bail!("arm `{}` is given twice", w[0]);
+    }
+    // The budget first: a study refused for it leaves no directory behind.
+    study.check_budget(out)?;
+    claim(study, out)?;
+    let total = study.arms.len() * study.seeds.len();
+    let mut k = 0;
+    for seed in &study.seeds {
+        for arm in &study.arms {
+            k += 1;
+            let dir = Study::run_dir(out, arm, *seed);
+            let cfg = study.config_of(arm, *seed, &dir)?;
+            if finished(&dir, cfg.curriculum.rounds) {
+                eprintln!("study: {k}/{total} {} seed {seed}: done", arm.name);
+                continue;
+            }
+            eprintln!("study: {k}/{total} {} seed {seed}", arm.name);
+            let started = dir.join("config.toml").is_file();
+            let cfg = if started {
+                Config::load(&dir.join("config.toml"), &[])?
+            } else {
+                cfg
+            };
+            crate::trainer::run(&cfg, started.then_some(dir.as_path()), false)
+                .with_context(|| format!("arm `{}`, seed {seed} ({})", arm.name, dir.display()))?;
+        }
+    }
+    let report = Report::of(study, out)?;
+    report.write(out)?;
+    Ok(report)
+}
+
+/// What `study.json` keeps: the study, and its config file's text as it was.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Record {
+    #[serde(flatten)]
+    study: Study,
+    config_text: String,
+}
+
+/// Makes `out` this study's directory: a new or empty one gets `study.json`; one that has it
+/// must hold the same study, from the same config text.
+fn claim(study: &Study, out: &Path) -> Result<()> {
+    let path = out.join(STUDY);
+    let now = Record {
+        study: study.clone(),
+        config_text: std::fs::read_to_string(&study.config)
+            .with_context(|| format!("reading config {}", study.config.display()))?,
+    };
+    if path.is_file() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let then: Record = serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed", path.display()))?;
+        if then.study == now.study && then.config_text != now.config_text {
+            bail!(
+                "{}: the config {} changed since the study began ({} keeps its text); restore \
+                 it to finish the study, or choose a new --out",
+                out.display(),
+                study.config.display(),
+                path.display()
+            );
+        }
+        if then != now {
+            bail!(
+                "{}: the study there was started with other arms, seeds or settings ({}); run \
+                 it as it was to finish it, or choose a new --out for this one",
+                out.display(),
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
+        bail!(
+            "--out {}: already exists and is not a study (no {STUDY}); choose a new or empty \
+             directory",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    write_atomic(&path, serde_json::to_string_pretty(&now)?.as_bytes())
+}
+
+/// Whether the run in `dir` logged its last round.
+fn finished(dir: &Path, rounds: usize) -> bool {
+    read_metrics(dir).is_ok_and(|m| {
+        m.iter()
+            .any(|l| l["kind"] == "round" && l["round"].as_u64() == Some(rounds as u64))
+    })
+}
+
+/// One run as the report reads it from its `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub seed: u64,
+    /// Held-out accuracy (greedy answer) before training (round 0) and after each round.
+    pub accuracy: Vec<Option<f64>>,
+    /// The same by option likelihood (multiple-choice sets).
+    pub option_accuracy: Vec<Option<f64>>,
+    /// Seconds scoring and training, per round.
+    pub score_seconds: Vec<f64>,
+    pub train_seconds: Vec<f64>,
+    pub steps: usize,
+    pub tokens: u64,
+}
+
+impl RunRecord {
+    fn read(dir: &Path, seed: u64) -> Result<Self> {
+        let m = read_metrics(dir)?;
+        let eval_of = |l: &serde_json::Value, key: &str| l["eval"][key].as_f64();
+        let before = m.iter().find(|l| l["kind"] == "eval");
+        let rounds: Vec<&serde_json::Value> = m.iter().filter(|l| l["kind"] == "round").collect();
+        let series = |key: &str| -> Vec<Option<f64>> {
+            std::iter::once(before.and_then(|l| eval_of(l, key)))
+                .chain(rounds.iter().map(|l| eval_of(l, key)))
+                .collect()
+        };
+        let seconds = |key: &str| -> Vec<f64> {
+            rounds
+                .iter()
+                .map(|l| l[key].as_f64().unwrap_or(0.0))
+                .collect()
+        };
+        let steps: Vec<&serde_json::Value> = m.iter().filter(|l| l["kind"] == "step").collect();
+        Ok(Self {
+            seed,
+            accuracy: series("accuracy"),
+            option_accuracy: series("option_accuracy"),
+            score_seconds: seconds("score_seconds"),
+            train_seconds: seconds("train_seconds"),
+            steps: steps.len(),
+            tokens: steps.iter().filter_map(|l| l["tokens"].as_u64()).sum(),
+        })
+    }
+}
+
+/// Mean and (sample) standard deviation over seeds, and how many seeds had a value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub std: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Option<Self> {
+        (!values.is_empty()).then(|| Self {
+            mean: stats::mean(values),
+            std: stats::sample_std_dev(values),
+            n: values.len(),
+        })
+    }
+}
+
+/// An arm's difference to `random` in final accuracy, paired by seed, with a 95% confidence
+/// interval (Student's t over the seeds' differences).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Paired {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+    pub n: usize,
+}
+
+/// An arm's results over its seeds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArmReport {
+    pub name: String,
+    pub sets: Vec<String>,
+    /// Per round (0: before training), over seeds.
+    pub accuracy: Vec<Option<Spread>>,
+    pub option_accuracy: Vec<Option<Spread>>,
+    /// Final accuracy minus random's, paired by seed (absent for random itself, or without it).
+    pub vs_random: Option<Paired>,
+    pub vs_random_option: Option<Paired>,
+    /// Per run: seconds scoring, training; optimizer steps; training tokens.
+    pub score_seconds: Spread,
+    pub train_seconds: Spread,
+    pub steps: Spread,
+    pub tokens: Spread,
+    pub runs: Vec<RunRecord>,
+}
+
+/// The study's report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub study: Study,
+    pub arms: Vec<ArmReport>,
+}
+
+impl Report {
+    /// Reads every run of the study in `out` and computes the report.
+    pub fn of(study: &Study, out: &Path) -> Result<Self> {
+        let mut runs = Vec::new();
+        for arm in &study.arms {
+            let records = study
+                .seeds
+                .iter()
+                .map(|&s| RunRecord::read(&Study::run_dir(out, arm, s), s))
+                .collect::<Result<Vec<_>>>()?;
+            runs.push(records);
+        }
+        let random = study.arms.iter().position(|a| a.name == "random");
+        let arms = study
+            .arms
+            .iter()
+            .zip(&runs)
+            .enumerate()
+            .map(|(i, (arm, records))| {
+                let per_round = |pick: fn(&RunRecord) -> &Vec<Option<f64>>| {
+                    let rounds = records.iter().map(|r| pick(r).len()).max().unwrap_or(0);
+                    (0..rounds)
+                        .map(|k| {
+                            let v: Vec<f64> =
+                                records.iter().filter_map(|r| *pick(r).get(k)?).collect();
+                            Spread::of(&v)
+                        })
+                        .collect::<Vec<_>>()
+                };
+                let paired = |pick: fn(&RunRecord) -> &Vec<Option<f64>>| {
+                    let base = &runs[random.filter(|&r| r != i)?];
+                    paired_final(records, base, pick)
+                };
+                let total = |f: fn(&RunRecord) -> f64| {
+                    let v: Vec<f64> = records.iter().map(f).collect();
+                    Spread::of(&v).unwrap_or(Spread {
+                        mean: 0.0,
+                        std: 0.0,
+                        n: 0,
+                    })
+                };
+                ArmReport {
+                    name: arm.name.clone(),
+                    sets: arm.sets.clone(),
+                    accuracy: per_round(|r| &r.accuracy),
+                    option_accuracy: per_round(|r| &r.option_accuracy),
+                    vs_random: paired(|r| &r.accuracy),
+                    vs_random_option: paired(|r| &r.option_accuracy),
+                    score_seconds: total(|r| r.score_seconds.iter().sum()),
+                    train_seconds: total(|r| r.train_seconds.iter().sum()),
+                    steps: total(|r| r.steps as f64),
+                    tokens: total(|r| r.tokens as f64),
+                    runs: records.clone(),
+                }
+            })
+            .collect();
+        Ok(Self {
+            study: study.clone(),
+            arms,
+        })
+    }
+
+    /// `report.json`, `report.md`, `accuracy.svg` and `accuracy_vs_time.svg` in `out`.
+    pub fn write(&self, out: &Path) -> Result<()> {
+        write_atomic(
+            &out.join("report.json"),
+            serde_json::to_string_pretty(self)?.as_bytes(),
+        )?;
+        write_atomic(&out.join("report.md"), self.markdown().as_bytes())?;
+        let pct = |s: &Option<Spread>| s.map(|s| 100.0 * s.mean);
+        let mut by_round = Vec::new();
+        let mut by_time = Vec::new();
+        for a in &self.arms {
+            let points: Vec<(f64, f64)> = a
+                .accuracy
+                .iter()
+                .enumerate()
+                .filter_map(|(k, s)| Some((k as f64, pct(s)?)))
+                .collect();
+            for (label, sign) in [("", 0.0), (" - sd", -1.0), (" + sd", 1.0)] {
+                let band: Vec<(f64, f64)> = a
+                    .accuracy
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, s)| {
+                        let s = (*s)?;
+                        Some((k as f64, 100.0 * (s.mean + sign * s.std)))
+                    })
+                    .collect();
+                if sign == 0.0 {
+                    by_round.push((format!("{}{label}", a.name), points.clone()));
+                } else if a.accuracy.iter().flatten().any(|s| s.n > 1) {
+                    by_round.push((format!("{}{label}", a.name), band));
+                }
+            }
+            // Accuracy against the mean wall time spent so far (scoring and training).
+            let mut elapsed = 0.0;
+            let mut timed = Vec::new();
+            for (k, s) in a.accuracy.iter().enumerate() {
+                if k > 0 {
+                    let per_run: Vec<f64> = a
+                        .runs
+                        .iter()
+                        .map(|r| {
+                            r.score_seconds.get(k - 1).unwrap_or(&0.0)
+                                + r.train_seconds.get(k - 1).unwrap_or(&0.0)
+                        })
+                        .collect();
+                    elapsed += stats::mean(&per_run);
+                }
+                if let Some(y) = pct(s) {
+                    timed.push((elapsed, y));
+                }
+            }
+            by_time.push((a.name.clone(), timed));
+        }
+        fn named(v: &[(String, Vec<(f64, f64)>)]) -> Vec<(&str, Vec<(f64, f64)>)> {
+            v.iter().map(|(n, p)| (n.as_str(), p.clone())).collect()
+        }
+        plot::lines(
+            &out.join("accuracy.svg"),
+            "Held-out accuracy per round (mean, and +- one sd over seeds)",
+            "round",
+            "accuracy (%)",
+            &named(&by_round),
+        )?;
+        plot::lines(
+            &out.join("accuracy_vs_time.svg"),
+            "Held-out accuracy against time spent (scoring and training)",
+            "seconds",
+            "accuracy (%)",
+            &named(&by_time),
+        )
+    }
+
+    /// The tables a person reads.
+    pub fn markdown(&self) -> String {
+        let pct = |s: &Option<Spread>| match s {
+            Some(s) if s.n > 1 => format!("{:.1} ± {:.1}", 100.0 * s.mean, 100.0 * s.std),
+            Some(s) => format!("{:.1}", 100.0 * s.mean),
+            None => "n/a".into(),
+        };
+        let diff = |p: &Option<Paired>| match p {
+            Some(p) if p.n > 1 => format!(
+                "{:+.1} [{:+.1}, {:+.1}]",
+                100.0 * p.mean,
+                100.0 * p.low,
+                100.0 * p.high
+            ),
+            Some(p) => format!("{:+.1}", 100.0 * p.mean),
+            None => "".into(),
+        };
+        let rounds = self
+            .arms
+            .iter()
+            .map(|a| a.accuracy.len())
+            .max()
+            .unwrap_or(0);
+        let mut md = String::new();
+        md.push_str(&format!(
+            "# Study: {} arms x {} seeds ({})\n\n",
+            self.arms.len(),
+            self.study.seeds.len(),
+            self.study.config.display()
+        ));
+        for (title, pick, vs) in [
+            (
+                "Held-out accuracy (greedy answer), %",
+                (|a: &ArmReport| &a.accuracy) as fn(&ArmReport) -> &Vec<Option<Spread>>,
+                (|a: &ArmReport| &a.vs_random) as fn(&ArmReport) -> &Option<Paired>,
+            ),
+            (
+                "Held-out accuracy (option likelihood), %",
+                |a: &ArmReport| &a.option_accuracy,
+                |a: &ArmReport| &a.vs_random_option,
+            ),
+        ] {
+            if self
+                .arms
+                .iter()
+                .all(|a| pick(a).iter().all(Option::is_none))
+            {
+                continue;
+            }
+            md.push_str(&format!("## {title}\n\n| arm |"));
+            for k in 0..rounds {
+                md.push_str(&format!(" round {k} |"));
+            }
+            md.push_str(" final vs random (95% CI) |\n|---|");
+            md.push_str(&"---:|".repeat(rounds + 1));
+            md.push('\n');
+            for a in &self.arms {
+                md.push_str(&format!("| {} |", a.name));
+                for k in 0..rounds {
+                    md.push_str(&format!(" {} |", pct(&pick(a).get(k).copied().flatten())));
+                }
+                md.push_str(&format!(" {} |\n", diff(vs(a))));
+            }
+            md.push('\n');
+        }
+        md.push_str(
+            "## Budget and time per run (mean over seeds)\n\n| arm | optimizer steps | training \
+             tokens | scoring s | training s |\n|---|---:|---:|---:|---:|\n",
+        );
+        for a in &self.arms {
+            md.push_str(&format!(
+                "| {} | {:.0} | {:.0} | {:.1} | {:.1} |\n",
+                a.name, a.steps.mean, a.tokens.mean, a.score_seconds.mean, a.train_seconds.mean
+            ));
+        }
+        md.push_str(
+            "\nRound 0 is before training. ± is one standard deviation over seeds; the \
+             difference to random is paired by seed, with a 95% interval from Student's t.\n",
+        );
+        md
+    }
+}
+
+/// The final-round difference of `arm` to `base`, paired by seed.
+fn paired_final(
+    arm: &[RunRecord],
+    base: &[RunRecord],
+    pick: fn(&RunRecord) -> &Vec<Option<f64>>,
+) -> Option<Paired> {
+    let d: Vec<f64> = arm
+        .iter()
+        .filter_map(|r| {
+            let b = base.iter().find(|b| b.seed == r.seed)?;
+            Some((*pick(r).last()?)? - (*pick(b).last()?)?)
+        })
+        .collect();
+    let n = d.len();
+    let mean = (n > 0).then(|| stats::mean(&d))?;
+    let half = if n > 1 {
+        t_975(n - 1) * stats::sample_std_dev(&d) / (n as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    Some(Paired {
+        mean,
+        low: mean - half,
+        high: mean + half,
+        n,
+    })
+}
+
+/// Student's t quantile at 0.975 for `df` degrees of freedom (two-sided 95%).
+fn t_975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::NAN,
+        1..=30 => T[df - 1],
+        _ => 1.96,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arms_are_strategies_or_named_overrides() {
+        assert_eq!(
+            Arm::parse("random").unwrap().sets,
+            ["curriculum.strategy=\"random\""]
+        );
+        let a =
+            Arm::parse("edco-drop:curriculum.drop_top_fraction=0.1,curriculum.rounds=2").unwrap();
+        assert_eq!(a.name, "edco-drop");
+        assert_eq!(a.sets.len(), 2);
+        assert!(Arm::parse("../x").is_err());
+        assert!(Arm::parse("a:b").is_err());
+    }
+
+    #[test]
+    fn the_paired_interval_is_students() {
+        let run = |seed, last| RunRecord {
+            seed,
+            accuracy: vec![Some(0.1), Some(last)],
+            option_accuracy: vec![None, None],
+            score_seconds: vec![1.0],
+            train_seconds: vec![2.0],
+            steps: 4,
+            tokens: 100,
+        };
+        let arm = [run(1, 0.5), run(2, 0.6), run(3, 0.4)];
+        let base = [run(1, 0.4), run(2, 0.4), run(3, 0.4)];
+        let p = paired_final(&arm, &base, |r| &r.accuracy).unwrap();
+        // Differences 0.1, 0.2, 0.0: mean 0.1, sd 0.1, half-width 4.303 * 0.1 / sqrt(3).
+        let half = 4.303 * 0.1 / 3f64.sqrt();
+        assert!((p.mean - 0.1).abs() < 1e-12 && (p.high - p.mean - half).abs() < 1e-9);
+        assert_eq!(p.n, 3);
+        assert!(paired_final(&arm, &base, |r| &r.option_accuracy).is_none());
+    }
+}

@@ -1,0 +1,164 @@
+//! `edco compare` end to end on a tiny model: every arm trains at the same budget, a study
+//! interrupted mid-way and run again finishes only what is missing and reports what an
+//! uninterrupted study reports, the report's statistics are those of the runs' own metrics,
+//! and arms that would train at another budget are refused before anything runs.
+
+use crate::common::fixture_with_tokenizer;
+use crate::train::config_text;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn compare(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_edco"));
+    c.args(["compare", "--config"])
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .args(["--arm", "edco,random", "--seeds", "2"])
+        .args(extra);
+    c
+}
+
+fn ok(o: Output) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(o.status.success(), "{err}");
+    err
+}
+
+fn report(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap()
+}
+
+/// Accuracy after each round of one run, read straight from its metrics.jsonl.
+fn accuracies(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "eval" || l["kind"] == "round")
+        .map(|l| l["eval"]["accuracy"].as_f64().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        config_text(model.path(), dir.path(), "checkpoint_every_steps = 1"),
+    )
+    .unwrap();
+
+    // Uninterrupted.
+    let whole = dir.path().join("whole");
+    let err = ok(compare(&cfg, &whole, &[]).output().unwrap());
+    assert!(err.contains("study: 4/4 random seed 2"), "{err}");
+    let r = report(&whole);
+    let arms = r["arms"].as_array().unwrap();
+    assert_eq!(arms.len(), 2);
+    // The same optimizer steps in every run (2 rounds of 4 samples in steps of 2).
+    for a in arms {
+        for run in a["runs"].as_array().unwrap() {
+            assert_eq!(run["steps"], 4, "{}", a["name"]);
+            assert!(run["tokens"].as_u64().unwrap() > 0);
+        }
+    }
+    // The statistics are those of the runs' metrics: mean and sample sd over the two seeds,
+    // and the final difference to random paired by seed.
+    let acc = |arm: &str, seed: u64| accuracies(&whole.join(format!("runs/{arm}/seed-{seed}")));
+    for (i, name) in ["edco", "random"].iter().enumerate() {
+        let (a, b) = (acc(name, 1), acc(name, 2));
+        assert_eq!(a.len(), 3);
+        for k in 0..3 {
+            let s = &arms[i]["accuracy"][k];
+            let mean = (a[k] + b[k]) / 2.0;
+            let sd = ((a[k] - mean).powi(2) + (b[k] - mean).powi(2)).sqrt();
+            assert!(
+                (s["mean"].as_f64().unwrap() - mean).abs() < 1e-12,
+                "{name} {k}"
+            );
+            assert!(
+                (s["std"].as_f64().unwrap() - sd).abs() < 1e-12,
+                "{name} {k}"
+            );
+        }
+    }
+    let d: Vec<f64> = [1, 2]
+        .iter()
+        .map(|&s| acc("edco", s)[2] - acc("random", s)[2])
+        .collect();
+    let paired = &arms[0]["vs_random"];
+    assert!((paired["mean"].as_f64().unwrap() - (d[0] + d[1]) / 2.0).abs() < 1e-12);
+    assert!(arms[1]["vs_random"].is_null());
+    let md = std::fs::read_to_string(whole.join("report.md")).unwrap();
+    assert!(
+        md.contains("| edco |") && md.contains("final vs random (95% CI)"),
+        "{md}"
+    );
+    assert!(whole.join("accuracy.svg").is_file() && whole.join("accuracy_vs_time.svg").is_file());
+
+    // Interrupted once the first run has finished, in the middle of the second: run again, it
+    // leaves the first alone, resumes the second and runs the rest; the accuracies are the
+    // uninterrupted study's.
+    let parted = dir.path().join("parted");
+    let mut child = compare(&cfg, &parted, &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = parted.join("runs/edco/seed-1/metrics.jsonl");
+    let second = parted.join("runs/random/seed-1/checkpoints");
+    let start = std::time::Instant::now();
+    while !(first.is_file() && accuracies(first.parent().unwrap()).len() == 3 && second.is_dir()) {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "the study did not get going"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    child.wait().unwrap();
+    let kept = std::fs::read(&first).unwrap();
+    let err = ok(compare(&cfg, &parted, &[]).output().unwrap());
+    assert!(err.contains("study: 1/4 edco seed 1: done"), "{err}");
+    assert_eq!(
+        std::fs::read(&first).unwrap(),
+        kept,
+        "a finished run is not rerun"
+    );
+    let again = report(&parted);
+    for (a, b) in arms.iter().zip(again["arms"].as_array().unwrap()) {
+        assert_eq!(a["accuracy"], b["accuracy"], "{}", a["name"]);
+        assert_eq!(a["steps"], b["steps"]);
+    }
+    // Another study is not run into this one's directory.
+    let o = compare(&cfg, &parted, &["--set", "curriculum.rounds=2"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("was started with other arms, seeds or settings"),
+        "{err}"
+    );
+
+    // An arm at another budget is refused before any run starts.
+    let other = dir.path().join("other");
+    let o = compare(
+        &cfg,
+        &other,
+        &[
+            "--arm",
+            "short:curriculum.strategy=\"random\",curriculum.select_fraction=0.5",
+        ],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("a study compares arms at the same budget"),
+        "{err}"
+    );
+    assert!(!other.exists(), "a refused study leaves nothing behind");
+}
