@@ -74,7 +74,14 @@ pub fn byte_tokenizer() -> Result<Tokenizer> {
         pad_token: Some("<|endoftext|>".into()),
         add_bos_token: false,
     };
-    Tokenizer::byte_level_bpe(tokens, Vec::new(), &special, None, meta)
+    Tokenizer::byte_level_bpe(
+        tokens,
+        Vec::new(),
+        &special,
+        None,
+        meta,
+        "the built-in byte tokenizer".into(),
+    )
 }
 
 /// Writes a random model to `out` with `tokenizer` (or the built-in byte tokenizer).

@@ -4,11 +4,14 @@
 //! take (checked before a concatenation or repetition allocates), so loops and doubling
 //! strings stop with an error naming the template. What it charges only after the text is
 //! built is checked before: Python's `str.format` with a huge width, and a container (a list
-//! repeated lazily, say) printed, or turned into a string or JSON, whose text would exceed
-//! [`MAX_VALUE_TEXT`].
+//! repeated lazily, say) printed, or turned into a string, whose text would exceed
+//! [`MAX_VALUE_TEXT`]; JSON is written into a buffer that refuses to grow past it.
+
+use std::io::{self, Write};
 
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Output, State, Value};
+use serde_json::ser::Formatter;
 
 /// About 4 million instructions, or 256 MB of values: a chat template on a long conversation
 /// uses a small fraction of it, and a loop that exhausts it stops within a second or two.
@@ -60,11 +63,30 @@ pub fn bound(env: &mut Environment<'_>) {
             None => Value::from(value.to_string()),
         })
     });
+    // minijinja's own `tojson` (indent `true` is 2; strings safe to embed in HTML), with its
+    // text bounded as it is written.
     env.add_filter(
         "tojson",
         |value: &Value, indent: Option<Value>, kwargs: Kwargs| -> Result<Value, Error> {
-            check_text_size(value, "tojson")?;
-            minijinja::filters::tojson(value, indent, kwargs)
+            let indent = match indent {
+                Some(indent) => Some(indent),
+                None => kwargs.get("indent")?,
+            };
+            let indent = match indent {
+                None => None,
+                Some(v) => match bool::try_from(v.clone()) {
+                    Ok(true) => Some(2),
+                    Ok(false) => None,
+                    Err(_) => Some(usize::try_from(v)?),
+                },
+            };
+            kwargs.assert_all_used()?;
+            let style = JsonStyle {
+                indent,
+                ensure_ascii: false,
+                html_safe: true,
+            };
+            Ok(Value::from_safe_string(to_json(value, style)?))
         },
     );
     env.add_filter("pprint", |value: &Value| -> Result<String, Error> {
@@ -130,7 +152,187 @@ fn fits(value: &Value, left: &mut u64, depth: usize) -> bool {
                     take(left, 4) && fits(&key, left, depth + 1) && fits(&item, left, depth + 1)
                 })
         }
+        // The longest text of an f64 (`-2.2250738585072014e-308`) is 24 bytes.
+        ValueKind::Number | ValueKind::Bool | ValueKind::None | ValueKind::Undefined => {
+            take(left, 24)
+        }
         _ => take(left, 64),
+    }
+}
+
+/// How [`to_json`] lays out its text: Python's `json.dumps` separators (`", "` and `": "` on
+/// one line, or `","` and a newline with `indent` spaces per level), strings with the
+/// characters beyond ASCII escaped (`ensure_ascii`), and `<`, `>`, `&` and `'` escaped so that
+/// the text can sit inside HTML (`html_safe`, as minijinja's `tojson` does).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct JsonStyle {
+    pub indent: Option<usize>,
+    pub ensure_ascii: bool,
+    pub html_safe: bool,
+}
+
+/// `value` as JSON text, refused as soon as the text grows past [`MAX_VALUE_TEXT`]: an
+/// estimate of the size beforehand cannot know the indentation nested items add, so the
+/// bound is kept by the buffer the text is written into.
+pub fn to_json(value: &Value, style: JsonStyle) -> Result<String, Error> {
+    let mut out = Bounded(Vec::new());
+    let formatter = Layout {
+        style,
+        level: 0,
+        has_value: false,
+    };
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
+    serde::Serialize::serialize(value, &mut ser).map_err(|e| {
+        let msg = if e.is_io() {
+            format!("tojson: the value's text would exceed {MAX_VALUE_TEXT} bytes")
+        } else {
+            format!("tojson: {e}")
+        };
+        Error::new(ErrorKind::InvalidOperation, msg)
+    })?;
+    // serde_json writes only whole UTF-8 strings, and every escape is ASCII.
+    String::from_utf8(out.0)
+        .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))
+}
+
+/// A buffer that refuses to hold more than [`MAX_VALUE_TEXT`] bytes.
+struct Bounded(Vec<u8>);
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if (self.0.len() + buf.len()) as u64 > MAX_VALUE_TEXT {
+            return Err(io::Error::other("text too long"));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// serde_json's formatter for [`JsonStyle`]: its pretty layout (an empty container stays
+/// `[]`) with Python's separators.
+struct Layout {
+    style: JsonStyle,
+    level: usize,
+    has_value: bool,
+}
+
+impl Layout {
+    /// Starts an item: the separator, then on a new line when indented.
+    fn item<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        let Some(indent) = self.style.indent else {
+            return if first { Ok(()) } else { w.write_all(b", ") };
+        };
+        if !first {
+            w.write_all(b",")?;
+        }
+        self.newline(w, indent)
+    }
+
+    /// A newline and the current level's indentation, written a chunk at a time (the
+    /// indentation may be wider than any buffer should be, and the writer refuses it first).
+    fn newline<W: ?Sized + Write>(&mut self, w: &mut W, indent: usize) -> io::Result<()> {
+        const SPACES: [u8; 256] = [b' '; 256];
+        w.write_all(b"\n")?;
+        for _ in 0..self.level {
+            let mut left = indent;
+            while left > 0 {
+                let n = left.min(SPACES.len());
+                w.write_all(&SPACES[..n])?;
+                left -= n;
+            }
+        }
+        Ok(())
+    }
+
+    fn open<W: ?Sized + Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level += 1;
+        self.has_value = false;
+        w.write_all(bracket)
+    }
+
+    fn close<W: ?Sized + Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        self.level -= 1;
+        if let Some(indent) = self.style.indent
+            && self.has_value
+        {
+            self.newline(w, indent)?;
+        }
+        w.write_all(bracket)
+    }
+}
+
+impl Formatter for Layout {
+    fn begin_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"[")
+    }
+
+    fn end_array<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"]")
+    }
+
+    fn begin_array_value<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn end_array_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn begin_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.open(w, b"{")
+    }
+
+    fn end_object<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        self.close(w, b"}")
+    }
+
+    fn begin_object_key<W: ?Sized + Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+        self.item(w, first)
+    }
+
+    fn begin_object_value<W: ?Sized + Write>(&mut self, w: &mut W) -> io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn end_object_value<W: ?Sized + Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.has_value = true;
+        Ok(())
+    }
+
+    fn write_string_fragment<W: ?Sized + Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let JsonStyle {
+            ensure_ascii,
+            html_safe,
+            ..
+        } = self.style;
+        if !ensure_ascii && !html_safe {
+            return w.write_all(fragment.as_bytes());
+        }
+        let escaped = |c: char| {
+            (ensure_ascii && !c.is_ascii()) || (html_safe && matches!(c, '<' | '>' | '&' | '\''))
+        };
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if !escaped(c) {
+                continue;
+            }
+            w.write_all(&fragment.as_bytes()[start..i])?;
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                write!(w, "\\u{u:04x}")?;
+            }
+            start = i + c.len_utf8();
+        }
+        w.write_all(&fragment.as_bytes()[start..])
     }
 }
 
@@ -236,6 +438,10 @@ mod tests {
              {% set n = [m, m, m, m, m, m, m, m, m, m] %}{{ n ~ '' }}",
             "{% set l = ['x' * 100000] * 2000 %}{% set t = (l, l, l, l, l, l, l, l, l, l) %}\
              {{ (t, t, t, t, t, t, t, t, t, t)|upper }}",
+            // The indentation of nested items, and an indentation wider than any text.
+            "{% set ns = namespace(l=[''] * 2000000) %}{% for i in range(30) %}\
+             {% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson(indent=64) }}",
+            "{{ [[1]]|tojson(indent=10000000000000) }}",
         ] {
             let (out, took) = render(bomb);
             assert!(out.is_err(), "{bomb} rendered");
@@ -246,6 +452,13 @@ mod tests {
         assert_eq!(out.unwrap().len(), 4000);
         let (out, _) = render("{{ [1, 'a'] }} {{ {'k': [2]}|tojson }} {{ [3]|string }}");
         assert_eq!(out.unwrap(), r#"[1, 'a'] {"k": [2]} [3]"#);
+        // minijinja's tojson: `true` indents by 2, and strings are safe inside HTML.
+        let (out, _) =
+            render("{{ {'k': [[], \"<a'&>\"]}|tojson(true) }}|{{ []|tojson(indent=100) }}");
+        assert_eq!(
+            out.unwrap(),
+            "{\n  \"k\": [\n    [],\n    \"\\u003ca\\u0027\\u0026\\u003e\"\n  ]\n}|[]"
+        );
     }
 
     #[test]
@@ -254,5 +467,12 @@ mod tests {
         assert!(check_text_size(&big, "t").is_err());
         let small = Value::from(vec![Value::from("x".repeat(1 << 20)); 15]);
         assert!(check_text_size(&small, "t").is_ok());
+        // A list of half a million numbers, some 10 MB as text, is within it.
+        let numbers = Value::from(
+            (0..500_000)
+                .map(|i| i as f64 * 1.5e-300)
+                .collect::<Vec<_>>(),
+        );
+        assert!(check_text_size(&numbers, "t").is_ok());
     }
 }

@@ -76,6 +76,9 @@ pub struct Fingerprint {
     /// that names no revision goes on with this one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_commit: Option<String>,
+    /// The hub id that commit is of: a resume that names another source is not pinned to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_source: Option<String>,
     pub train: DataPrint,
     pub eval: Option<DataPrint>,
 }
@@ -91,13 +94,18 @@ impl Fingerprint {
         let eval = (!cfg.data.eval.as_os_str().is_empty())
             .then(|| data_print(&cfg.data.eval, samples.1))
             .transpose()?;
-        let (model, model_commit) = match model {
-            Some((source, revision)) => model_print(source, revision)?,
-            None => (String::new(), None),
+        let (model, model_commit, model_source) = match model {
+            Some((source, revision)) => {
+                let (print, commit) = model_print(source, revision)?;
+                let source = commit.is_some().then(|| source.to_string());
+                (print, commit, source)
+            }
+            None => (String::new(), None, None),
         };
         Ok(Self {
             model,
             model_commit,
+            model_source,
             train: data_print(&cfg.data.train, samples.0)?,
             eval,
         })

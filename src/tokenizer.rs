@@ -40,6 +40,8 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub meta: TokenizerMeta,
+    /// Where it came from, for errors: a `tokenizer.json`, or a GGUF file's metadata.
+    origin: String,
 }
 
 /// A special token in `tokenizer_config.json`: a string or `{"content": ...}`.
@@ -109,17 +111,24 @@ impl Tokenizer {
                     .with_context(|| format!("reading {}", jinja.display()))?,
             );
         }
-        Ok(Self { inner, meta })
+        let origin = format!("the model's {}", path.display());
+        Ok(Self {
+            inner,
+            meta,
+            origin,
+        })
     }
 
     /// A byte-level BPE (GPT-2 style) from a vocabulary and merges, as GGUF stores them.
     /// `pre` is llama.cpp's pre-tokenizer name: `smollm` (and similar) split digits one by one.
+    /// `origin` says where it came from, for errors.
     pub fn byte_level_bpe(
         tokens: Vec<String>,
         merges: Vec<String>,
         special: &[(u32, String)],
         pre: Option<&str>,
         meta: TokenizerMeta,
+        origin: String,
     ) -> Result<Self> {
         use tokenizers::SplitDelimiterBehavior;
         use tokenizers::models::bpe::BPE;
@@ -193,7 +202,11 @@ impl Tokenizer {
                 bail!("special token `{t}` does not map back to id {id}");
             }
         }
-        Ok(Self { inner, meta })
+        Ok(Self {
+            inner,
+            meta,
+            origin,
+        })
     }
 
     /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir`.
@@ -221,18 +234,16 @@ impl Tokenizer {
     /// Token ids of `text`. The library's panics (a stranger's pre-tokenizer pattern that
     /// backtracks past the regex engine's limit, on some text only) are errors.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let enc = crate::contain::contained("tokenizing: the model's tokenizer.json", || {
-            self.inner.encode(text, add_special_tokens)
-        })?
-        .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let what = format!("tokenizing: {}", self.origin);
+        let enc = crate::contain::contained(what, || self.inner.encode(text, add_special_tokens))?
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         Ok(enc.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        crate::contain::contained("decoding: the model's tokenizer.json", || {
-            self.inner.decode(ids, skip_special_tokens)
-        })?
-        .map_err(|e| anyhow!("decoding: {e}"))
+        let what = format!("decoding: {}", self.origin);
+        crate::contain::contained(what, || self.inner.decode(ids, skip_special_tokens))?
+            .map_err(|e| anyhow!("decoding: {e}"))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {
@@ -334,30 +345,6 @@ fn python_tojson(
     kwargs: minijinja::value::Kwargs,
 ) -> Result<minijinja::Value, minijinja::Error> {
     use minijinja::{Error, ErrorKind};
-    struct PyFormatter;
-    impl serde_json::ser::Formatter for PyFormatter {
-        fn begin_array_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
-        }
-        fn begin_object_key<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-            first: bool,
-        ) -> std::io::Result<()> {
-            if first { Ok(()) } else { w.write_all(b", ") }
-        }
-        fn begin_object_value<W: ?Sized + std::io::Write>(
-            &mut self,
-            w: &mut W,
-        ) -> std::io::Result<()> {
-            w.write_all(b": ")
-        }
-    }
-    crate::jinja::check_text_size(&value, "tojson")?;
     let indent = match indent {
         Some(v) => Some(v),
         None => kwargs.get::<Option<minijinja::Value>>("indent")?,
@@ -374,38 +361,14 @@ fn python_tojson(
     };
     let ensure_ascii = kwargs.get::<Option<bool>>("ensure_ascii")?.unwrap_or(false);
     kwargs.assert_all_used()?;
-    let failed = |e: serde_json::Error| Error::new(ErrorKind::InvalidOperation, e.to_string());
-    let mut out = Vec::new();
-    match indent {
-        Some(n) => {
-            let spaces = vec![b' '; n.min(64)];
-            let pretty = serde_json::ser::PrettyFormatter::with_indent(&spaces);
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, pretty);
-            serde::Serialize::serialize(&value, &mut ser).map_err(failed)?;
-        }
-        None => {
-            let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
-            serde::Serialize::serialize(&value, &mut ser).map_err(failed)?;
-        }
-    }
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let text = if ensure_ascii {
-        let mut ascii = String::with_capacity(text.len());
-        for c in text.chars() {
-            if c.is_ascii() {
-                ascii.push(c);
-            } else {
-                let mut units = [0u16; 2];
-                for u in c.encode_utf16(&mut units) {
-                    ascii.push_str(&format!("\\u{u:04x}"));
-                }
-            }
-        }
-        ascii
-    } else {
-        text
+    let style = crate::jinja::JsonStyle {
+        indent,
+        ensure_ascii,
+        html_safe: false,
     };
-    Ok(minijinja::Value::from_safe_string(text))
+    Ok(minijinja::Value::from_safe_string(crate::jinja::to_json(
+        &value, style,
+    )?))
 }
 
 /// `strftime_now(fmt)` as transformers provides it, for today's UTC date (`%d %b %Y` and the
@@ -507,6 +470,34 @@ mod tests {
     }
 
     #[test]
+    fn tojson_lays_out_empty_containers_indents_and_surrogates_as_python() {
+        // Python 3: json.dumps(x, indent=0, ensure_ascii=True) and json.dumps(x, indent=3,
+        // ensure_ascii=False), x = {"a": [], "b": {}, "c": "\U0001F600<&", "d": [[1], []]}.
+        let mut extra = serde_json::Map::new();
+        extra.insert(
+            "x".into(),
+            serde_json::json!({"a": [], "b": {}, "c": "\u{1F600}<&", "d": [[1], []]}),
+        );
+        let out = render_chat_template(
+            "{{ x|tojson(indent=0, ensure_ascii=True) }}|{{ x|tojson(indent=3) }}",
+            &[],
+            false,
+            &TokenizerMeta::default(),
+            &extra,
+        )
+        .unwrap();
+        let zero: String = serde_json::from_str(
+            r#""{\n\"a\": [],\n\"b\": {},\n\"c\": \"\\ud83d\\ude00<&\",\n\"d\": [\n[\n1\n],\n[]\n]\n}""#,
+        )
+        .unwrap();
+        let three: String = serde_json::from_str(
+            r#""{\n   \"a\": [],\n   \"b\": {},\n   \"c\": \"\ud83d\ude00<&\",\n   \"d\": [\n      [\n         1\n      ],\n      []\n   ]\n}""#,
+        )
+        .unwrap();
+        assert_eq!(out, format!("{zero}|{three}"));
+    }
+
+    #[test]
     fn templates_get_transformers_jinja_settings() {
         let template = "{% for m in messages %}\n  {{ m.role | upper }}: {{ m.content.strip() }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}";
         let meta = TokenizerMeta::default();
@@ -537,6 +528,7 @@ mod tests {
         let tok = Tokenizer {
             inner,
             meta: TokenizerMeta::default(),
+            origin: "a test's tokenizer".into(),
         };
         let e = tok
             .apply_chat_template(&[Message::new("user", "x")], true, &Default::default())

@@ -126,10 +126,14 @@ pub fn run(cfg: &Config, resume: Option<&Path>, dry_run: bool) -> Result<PathBuf
 }
 
 /// A resume of a hub model that names no revision goes on with the commit the run started
-/// with (its fingerprint records it), not with whatever the branch points to now.
+/// with (its fingerprint records it), not with whatever the branch points to now. Only for
+/// the hub id the commit is of: a resume that names another source (a local copy, another
+/// repository) reads that one, and the fingerprint then tells whether it holds the same files.
 fn pin_recorded_commit(settings: &mut Settings, recorded: Option<&Fingerprint>) {
     let m = &mut settings.model;
-    if let Some(commit) = recorded.and_then(|f| f.model_commit.as_ref())
+    if let Some(f) = recorded
+        && let Some(commit) = &f.model_commit
+        && f.model_source.as_deref() == Some(m.source.as_str())
         && m.revision.is_none()
         && !Path::new(&m.source).exists()
     {

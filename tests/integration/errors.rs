@@ -419,6 +419,17 @@ fn template_bombs_stop_naming_the_template() {
             "{% set l = ['x' * 100000] * 2000 %}{{ [l, l, l, l, l, l, l, l, l, l]|tojson }}",
             "tojson: the value's text would exceed",
         ),
+        // Indentation is text an estimate made beforehand did not see: 2 million empty
+        // strings, 30 levels deep at 64 spaces a level, are 4 GB of JSON.
+        (
+            "{% set ns = namespace(l=[''] * 2000000) %}{% for i in range(30) %}\
+             {% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson(indent=64) }}",
+            "tojson: the value's text would exceed",
+        ),
+        (
+            "{{ [[1]]|tojson(indent=10000000000000) }}",
+            "tojson: the value's text would exceed",
+        ),
     ] {
         cfg["chat_template"] = bomb.into();
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
@@ -539,8 +550,10 @@ fn a_pathological_pre_tokenizer_pattern_fails_naming_the_sample() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("sample `runs`: tokenizing: the model's tokenizer.json: malformed")
-            && err.contains("retry-limit-in-match")
+        err.contains(&format!(
+            "sample `runs`: tokenizing: the model's {}: malformed",
+            path.display()
+        )) && err.contains("retry-limit-in-match")
             && !err.contains("panicked"),
         "{err}"
     );

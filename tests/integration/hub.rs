@@ -325,4 +325,20 @@ fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
         adapter.contains(&format!("\"revision\": \"{first}\"")),
         "{adapter}"
     );
+
+    // The recorded commit is of `edco/moving`: a resume from another repository holding the
+    // same files reads that repository's branch, and its fingerprint matches.
+    let copy = home.path().join("hub/models--edco--copy");
+    let third = "3333333333333333333333333333333333333333";
+    std::fs::create_dir_all(copy.join("snapshots").join(third)).unwrap();
+    copy_files(
+        &repo.join("snapshots").join(first),
+        &copy.join("snapshots").join(third),
+    );
+    std::fs::create_dir_all(copy.join("refs")).unwrap();
+    std::fs::write(copy.join("refs/main"), third).unwrap();
+    let out = resume(&["curriculum.rounds=3", "model.source=\"edco/copy\""]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("resuming on commit"), "{err}");
 }

@@ -324,12 +324,15 @@ fn rebuild_tokenizer(meta: &Meta, tokens: Vec<String>) -> Result<Tokenizer> {
         .filter(|(i, _)| matches!(types.get(*i), Some(3) | Some(4)))
         .map(|(i, t)| (i as u32, t.clone()))
         .collect();
-    Tokenizer::byte_level_bpe(tokens, merges, &special, pre.as_deref(), info).with_context(|| {
-        format!(
-            "{}: rebuilding the tokenizer from GGUF metadata",
-            meta.path.display()
-        )
-    })
+    let origin = format!("the tokenizer in {}'s metadata", meta.path.display());
+    Tokenizer::byte_level_bpe(tokens, merges, &special, pre.as_deref(), info, origin).with_context(
+        || {
+            format!(
+                "{}: rebuilding the tokenizer from GGUF metadata",
+                meta.path.display()
+            )
+        },
+    )
 }
 
 #[cfg(test)]
