@@ -10,6 +10,25 @@ use std::path::{Path, PathBuf};
 /// `path` is never written through. On failure (a full disk, say) the temporary is removed and
 /// `path` keeps what it had.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = written_temporary(path, bytes)?;
+    tmp.persist(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
+    Ok(())
+}
+
+/// As [`write_atomic`], for a file that must not exist yet: of two processes creating it at
+/// once, one succeeds and the other gets an error (`AlreadyExists`) and leaves it as it is.
+pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = written_temporary(path, bytes)?;
+    tmp.persist_noclobber(path)
+        .map_err(|e| e.error)
+        .with_context(|| format!("creating {}", path.display()))?;
+    Ok(())
+}
+
+/// A synced temporary sibling of `path` holding `bytes`, removed if dropped.
+fn written_temporary(path: &Path, bytes: &[u8]) -> Result<tempfile::NamedTempFile> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -29,10 +48,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.write_all(bytes)
         .and_then(|()| tmp.as_file().sync_all())
         .with_context(|| format!("writing {}", path.display()))?;
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("renaming a temporary file to {}", path.display()))?;
-    Ok(())
+    Ok(tmp)
 }
 
 /// The hidden sibling a directory is staged in before [`replace_dir`] moves it into place.
@@ -88,6 +104,18 @@ pub fn remove(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_file_is_never_written_over_one_that_appeared() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("study.json");
+        write_new(&path, b"first").unwrap();
+        let e = write_new(&path, b"second").unwrap_err();
+        assert!(format!("{e:#}").contains("creating"), "{e:#}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "first");
+        // No temporary is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
 
     #[test]
     fn a_link_planted_where_a_temporary_could_go_is_never_written_through() {

@@ -6,8 +6,9 @@
 //! unfinished runs and leaves the finished ones alone. The report (`report.md`, `report.json`
 //! and two pictures) is computed from the runs' own `metrics.jsonl` files.
 
-use crate::atomic_file::write_atomic;
+use crate::atomic_file::{write_atomic, write_new};
 use crate::config::Config;
+use crate::resume::Fingerprint;
 use crate::run_dir::read_metrics;
 use crate::{plot, stats};
 use anyhow::{Context, Result, bail};
@@ -29,18 +30,30 @@ impl Arm {
             Some((name, sets)) => (name, sets.split(',').map(str::to_string).collect()),
             None => (spec, vec![format!("curriculum.strategy=\"{spec}\"")]),
         };
-        let ok = !name.is_empty()
+        let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
         if !ok {
             bail!(
-                "arm `{spec}`: its name must be letters, digits, `-`, `_` or `.` (it names a \
-                 folder), as in `random` or `edco-drop:curriculum.drop_top_fraction=0.1`"
+                "arm `{spec}`: its name must start with a letter or digit and hold only letters, \
+                 digits, `-`, `_` or `.` (it names a folder), as in `random` or \
+                 `edco-drop:curriculum.drop_top_fraction=0.1`"
             );
         }
-        if sets.iter().any(|s: &String| !s.contains('=')) {
-            bail!("arm `{spec}`: expected NAME:KEY=VALUE[,KEY=VALUE...]");
+        for set in &sets {
+            let Some((key, _)) = set.split_once('=') else {
+                bail!("arm `{spec}`: expected NAME:KEY=VALUE[,KEY=VALUE...]");
+            };
+            let key = key.trim();
+            if let Some(shared) = ARMS_SHARE.iter().find(|k| key.starts_with(*k)) {
+                bail!(
+                    "arm `{name}`: sets `{key}`, which every arm of a study shares ({shared}...: \
+                     the data, the held-out evaluation, the model, and the seed and directory \
+                     the study gives each run); set it for the whole study with --set, or \
+                     compare it in another study"
+                );
+            }
         }
         Ok(Self {
             name: name.to_string(),
@@ -48,6 +61,16 @@ impl Arm {
         })
     }
 }
+
+/// The settings every arm of a study shares, so that arms differ only in what they train on:
+/// an arm that changed one of them would not be compared at the same data, evaluation or model.
+const ARMS_SHARE: &[&str] = &["data.", "eval.", "model.", "run.seed", "run.output_dir"];
+
+/// The settings the study gives each run itself.
+const STUDY_SETS: &[&str] = &["run.seed", "run.output_dir"];
+
+/// The most seeds a study runs.
+pub const MAX_SEEDS: usize = 1000;
 
 /// What a study is: recorded in `study.json` when it starts, and checked when it is run again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,10 +86,14 @@ pub struct Study {
 pub const STUDY: &str = "study.json";
 
 impl Study {
-    /// The config of `arm` at `seed`, writing its run to `dir`.
-    fn config_of(&self, arm: &Arm, seed: u64, dir: &Path) -> Result<Config> {
+    /// The config of `arm` at `seed`, writing its run to `dir`, on the hub `commit` the study
+    /// pinned its model to (`None`: a local model).
+    fn config_of(&self, arm: &Arm, seed: u64, dir: &Path, commit: Option<&str>) -> Result<Config> {
         let mut sets = self.sets.clone();
         sets.extend(arm.sets.iter().cloned());
+        if let Some(commit) = commit {
+            sets.push(format!("model.revision={}", toml::Value::from(commit)));
+        }
         sets.push(format!("run.seed={seed}"));
         let dir = dir.to_str().context("the study's path is not UTF-8")?;
         sets.push(format!("run.output_dir={}", toml::Value::from(dir)));
@@ -83,7 +110,7 @@ impl Study {
     fn check_budget(&self, out: &Path) -> Result<()> {
         let mut first: Option<(String, (usize, usize, usize))> = None;
         for arm in &self.arms {
-            let cfg = self.config_of(arm, self.seeds[0], &Self::run_dir(out, arm, 0))?;
+            let cfg = self.config_of(arm, self.seeds[0], &Self::run_dir(out, arm, 0), None)?;
             let plan = crate::trainer::plan(&cfg)?;
             let budget = (cfg.curriculum.rounds, plan.per_round, plan.steps_per_round);
             match &first {
@@ -105,28 +132,69 @@ impl Study {
         }
         Ok(())
     }
+
+    /// The commit a hub model's revision resolves to now (which may download it, as a run
+    /// would); `None` for a model on this machine.
+    fn hub_commit(&self, out: &Path) -> Result<Option<String>> {
+        use crate::model::io::hub;
+        let arm = &self.arms[0];
+        let cfg = self.config_of(arm, self.seeds[0], &Self::run_dir(out, arm, 0), None)?;
+        let m = cfg.resolve()?.model;
+        if Path::new(&m.source).exists() {
+            return Ok(None);
+        }
+        let files = hub::resolve(&m.source, m.revision.as_deref()).context("`model.source`")?;
+        Ok(hub::commit_of(&m.source, &files))
+    }
+
+    /// Refuses a study that cannot be run as given, before anything is written.
+    fn check(&self) -> Result<()> {
+        if self.arms.is_empty() || self.seeds.is_empty() {
+            bail!("a study needs at least one arm and one seed");
+        }
+        if self.seeds.len() > MAX_SEEDS {
+            bail!(
+                "{} seeds: a study runs at most {MAX_SEEDS} (every seed is a run per arm)",
+                self.seeds.len()
+            );
+        }
+        let mut seeds = self.seeds.clone();
+        seeds.sort_unstable();
+        if let Some(w) = seeds.windows(2).find(|w| w[0] == w[1]) {
+            bail!("seed {} is given twice: each seed is one run per arm", w[0]);
+        }
+        let mut names: Vec<&str> = self.arms.iter().map(|a| a.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            bail!("arm `{}` is given twice", w[0]);
+        }
+        for set in &self.sets {
+            let key = set.split_once('=').map_or(set.as_str(), |(k, _)| k).trim();
+            if STUDY_SETS.contains(&key) {
+                bail!(
+                    "--set {set}: the study sets `{key}` for each run itself (runs/ARM/seed-S, \
+                     with --seeds); choose the seeds with --seeds and the place with --out"
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Runs the study into `out` (new, empty, or this study's own directory), then reports.
 pub fn run(study: &Study, out: &Path) -> Result<Report> {
-    if study.arms.is_empty() || study.seeds.is_empty() {
-        bail!("a study needs at least one arm and one seed");
-    }
-    let mut names: Vec<&str> = study.arms.iter().map(|a| a.name.as_str()).collect();
-    names.sort_unstable();
-    if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        bail!("arm `{}` is given twice", w[0]);
-    }
+    study.check()?;
     // The budget first: a study refused for it leaves no directory behind.
     study.check_budget(out)?;
-    claim(study, out)?;
+    let commit = claim(study, out)?;
+    same_inputs(study, out)?;
     let total = study.arms.len() * study.seeds.len();
     let mut k = 0;
     for seed in &study.seeds {
         for arm in &study.arms {
             k += 1;
             let dir = Study::run_dir(out, arm, *seed);
-            let cfg = study.config_of(arm, *seed, &dir)?;
+            let cfg = study.config_of(arm, *seed, &dir, commit.as_deref())?;
             if finished(&dir, cfg.curriculum.rounds) {
                 eprintln!("study: {k}/{total} {} seed {seed}: done", arm.name);
                 continue;
@@ -140,6 +208,9 @@ pub fn run(study: &Study, out: &Path) -> Result<Report> {
             };
             crate::trainer::run(&cfg, started.then_some(dir.as_path()), false)
                 .with_context(|| format!("arm `{}`, seed {seed} ({})", arm.name, dir.display()))?;
+            // A data file or model that changed since the study began shows in the fingerprint
+            // of the first run started after: stop there, not after the rest has run.
+            same_inputs(study, out)?;
         }
     }
     let report = Report::of(study, out)?;
@@ -147,29 +218,32 @@ pub fn run(study: &Study, out: &Path) -> Result<Report> {
     Ok(report)
 }
 
-/// What `study.json` keeps: the study, and its config file's text as it was.
+/// What `study.json` keeps: the study, its config file's text as it was, and the hub commit
+/// its model was pinned to.
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 struct Record {
     #[serde(flatten)]
     study: Study,
     config_text: String,
+    /// The commit a hub model's revision resolved to when the study began: every run of the
+    /// study, begun then or later, reads that one, even if the branch has moved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model_commit: Option<String>,
 }
 
 /// Makes `out` this study's directory: a new or empty one gets `study.json`; one that has it
-/// must hold the same study, from the same config text.
-fn claim(study: &Study, out: &Path) -> Result<()> {
+/// must hold the same study, from the same config text. Returns the hub commit the study's
+/// runs read.
+fn claim(study: &Study, out: &Path) -> Result<Option<String>> {
     let path = out.join(STUDY);
-    let now = Record {
-        study: study.clone(),
-        config_text: std::fs::read_to_string(&study.config)
-            .with_context(|| format!("reading config {}", study.config.display()))?,
-    };
+    let config_text = std::fs::read_to_string(&study.config)
+        .with_context(|| format!("reading config {}", study.config.display()))?;
     if path.is_file() {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         let then: Record = serde_json::from_str(&text)
             .with_context(|| format!("{}: malformed", path.display()))?;
-        if then.study == now.study && then.config_text != now.config_text {
+        if then.study == *study && then.config_text != config_text {
             bail!(
                 "{}: the config {} changed since the study began ({} keeps its text); restore \
                  it to finish the study, or choose a new --out",
@@ -178,7 +252,7 @@ fn claim(study: &Study, out: &Path) -> Result<()> {
                 path.display()
             );
         }
-        if then != now {
+        if then.study != *study {
             bail!(
                 "{}: the study there was started with other arms, seeds or settings ({}); run \
                  it as it was to finish it, or choose a new --out for this one",
@@ -186,7 +260,7 @@ fn claim(study: &Study, out: &Path) -> Result<()> {
                 path.display()
             );
         }
-        return Ok(());
+        return Ok(then.model_commit);
     }
     if out.exists() && std::fs::read_dir(out).map_or(true, |mut d| d.next().is_some()) {
         bail!(
@@ -195,16 +269,62 @@ fn claim(study: &Study, out: &Path) -> Result<()> {
             out.display()
         );
     }
+    let now = Record {
+        study: study.clone(),
+        config_text,
+        model_commit: study.hub_commit(out)?,
+    };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_atomic(&path, serde_json::to_string_pretty(&now)?.as_bytes())
+    write_new(&path, serde_json::to_string_pretty(&now)?.as_bytes()).with_context(|| {
+        format!(
+            "{}: another edco compare may be starting a study there now",
+            out.display()
+        )
+    })?;
+    Ok(now.model_commit)
 }
 
-/// Whether the run in `dir` logged its last round.
+/// Refuses a study whose runs trained on different model files or data (each run's
+/// `fingerprint.json`): their accuracies would not be comparable.
+fn same_inputs(study: &Study, out: &Path) -> Result<()> {
+    let mut first: Option<(PathBuf, Fingerprint)> = None;
+    for arm in &study.arms {
+        for &seed in &study.seeds {
+            let dir = Study::run_dir(out, arm, seed);
+            let Some(f) = Fingerprint::load(&dir)? else {
+                continue;
+            };
+            let Some((dir0, f0)) = &first else {
+                first = Some((dir, f));
+                continue;
+            };
+            let differs = if !f.model.is_empty() && !f0.model.is_empty() && f.model != f0.model {
+                Some("model files")
+            } else if f.train != f0.train {
+                Some("data.train")
+            } else if f.eval != f0.eval {
+                Some("data.eval")
+            } else {
+                None
+            };
+            if let Some(what) = differs {
+                bail!(
+                    "{} and {}: the runs read different {what} (their {} differ): a file changed \
+                     while the study ran, and a study compares runs on one model and one data \
+                     set; restore it, or begin a new study (a new --out)",
+                    dir0.display(),
+                    dir.display(),
+                    crate::resume::FINGERPRINT
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether the run in `dir` saved the checkpoint of its last round (after logging it).
 fn finished(dir: &Path, rounds: usize) -> bool {
-    read_metrics(dir).is_ok_and(|m| {
-        m.iter()
-            .any(|l| l["kind"] == "round" && l["round"].as_u64() == Some(rounds as u64))
-    })
+    crate::checkpoint::latest_intact(dir).is_ok_and(|(_, state, _)| state.next_round() > rounds)
 }
 
 /// One run as the report reads it from its `metrics.jsonl`.
@@ -220,6 +340,10 @@ pub struct RunRecord {
     pub train_seconds: Vec<f64>,
     pub steps: usize,
     pub tokens: u64,
+    /// GRPO: the mean reward of a step's completions, and the share of its groups whose
+    /// rewards were all equal (no gradient), averaged over the run's steps.
+    pub reward: Option<f64>,
+    pub zero_std_fraction: Option<f64>,
 }
 
 impl RunRecord {
@@ -240,6 +364,10 @@ impl RunRecord {
                 .collect()
         };
         let steps: Vec<&serde_json::Value> = m.iter().filter(|l| l["kind"] == "step").collect();
+        let step_mean = |key: &str| {
+            let v: Vec<f64> = steps.iter().filter_map(|l| l[key].as_f64()).collect();
+            (!v.is_empty()).then(|| stats::mean(&v))
+        };
         Ok(Self {
             seed,
             accuracy: series("accuracy"),
@@ -248,6 +376,8 @@ impl RunRecord {
             train_seconds: seconds("train_seconds"),
             steps: steps.len(),
             tokens: steps.iter().filter_map(|l| l["tokens"].as_u64()).sum(),
+            reward: step_mean("reward_mean"),
+            zero_std_fraction: step_mean("zero_std_fraction"),
         })
     }
 }
@@ -296,7 +426,37 @@ pub struct ArmReport {
     pub train_seconds: Spread,
     pub steps: Spread,
     pub tokens: Spread,
+    /// GRPO: reward per step and the share of groups without reward variance (see
+    /// [`RunRecord`]), over seeds.
+    pub reward: Option<Spread>,
+    pub zero_std_fraction: Option<Spread>,
     pub runs: Vec<RunRecord>,
+}
+
+impl ArmReport {
+    /// Mean accuracy (%) after each round against the mean wall time spent until then, scoring
+    /// and training (round 0 at 0 s).
+    fn accuracy_by_time(&self) -> Vec<(f64, f64)> {
+        let mut elapsed = 0.0;
+        let mut points = Vec::new();
+        for (k, s) in self.accuracy.iter().enumerate() {
+            if k > 0 {
+                let per_run: Vec<f64> = self
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        r.score_seconds.get(k - 1).unwrap_or(&0.0)
+                            + r.train_seconds.get(k - 1).unwrap_or(&0.0)
+                    })
+                    .collect();
+                elapsed += stats::mean(&per_run);
+            }
+            if let Some(s) = s {
+                points.push((elapsed, 100.0 * s.mean));
+            }
+        }
+        points
+    }
 }
 
 /// The study's report.
@@ -309,6 +469,7 @@ pub struct Report {
 impl Report {
     /// Reads every run of the study in `out` and computes the report.
     pub fn of(study: &Study, out: &Path) -> Result<Self> {
+        same_inputs(study, out)?;
         let mut runs = Vec::new();
         for arm in &study.arms {
             let records = study
@@ -347,6 +508,10 @@ impl Report {
                         n: 0,
                     })
                 };
+                let grpo = |f: fn(&RunRecord) -> Option<f64>| {
+                    let v: Vec<f64> = records.iter().filter_map(f).collect();
+                    Spread::of(&v)
+                };
                 ArmReport {
                     name: arm.name.clone(),
                     sets: arm.sets.clone(),
@@ -358,6 +523,8 @@ impl Report {
                     train_seconds: total(|r| r.train_seconds.iter().sum()),
                     steps: total(|r| r.steps as f64),
                     tokens: total(|r| r.tokens as f64),
+                    reward: grpo(|r| r.reward),
+                    zero_std_fraction: grpo(|r| r.zero_std_fraction),
                     runs: records.clone(),
                 }
             })
@@ -375,69 +542,37 @@ impl Report {
             serde_json::to_string_pretty(self)?.as_bytes(),
         )?;
         write_atomic(&out.join("report.md"), self.markdown().as_bytes())?;
-        let pct = |s: &Option<Spread>| s.map(|s| 100.0 * s.mean);
         let mut by_round = Vec::new();
         let mut by_time = Vec::new();
         for a in &self.arms {
-            let points: Vec<(f64, f64)> = a
-                .accuracy
-                .iter()
-                .enumerate()
-                .filter_map(|(k, s)| Some((k as f64, pct(s)?)))
+            let rounds = a.accuracy.iter().enumerate();
+            let spreads: Vec<(f64, Spread)> = rounds
+                .filter_map(|(k, s)| Some((k as f64, (*s)?)))
                 .collect();
-            for (label, sign) in [("", 0.0), (" - sd", -1.0), (" + sd", 1.0)] {
-                let band: Vec<(f64, f64)> = a
-                    .accuracy
+            by_round.push(plot::Line {
+                name: &a.name,
+                points: spreads.iter().map(|(k, s)| (*k, 100.0 * s.mean)).collect(),
+                band: spreads
                     .iter()
-                    .enumerate()
-                    .filter_map(|(k, s)| {
-                        let s = (*s)?;
-                        Some((k as f64, 100.0 * (s.mean + sign * s.std)))
-                    })
-                    .collect();
-                if sign == 0.0 {
-                    by_round.push((format!("{}{label}", a.name), points.clone()));
-                } else if a.accuracy.iter().flatten().any(|s| s.n > 1) {
-                    by_round.push((format!("{}{label}", a.name), band));
-                }
-            }
-            // Accuracy against the mean wall time spent so far (scoring and training).
-            let mut elapsed = 0.0;
-            let mut timed = Vec::new();
-            for (k, s) in a.accuracy.iter().enumerate() {
-                if k > 0 {
-                    let per_run: Vec<f64> = a
-                        .runs
-                        .iter()
-                        .map(|r| {
-                            r.score_seconds.get(k - 1).unwrap_or(&0.0)
-                                + r.train_seconds.get(k - 1).unwrap_or(&0.0)
-                        })
-                        .collect();
-                    elapsed += stats::mean(&per_run);
-                }
-                if let Some(y) = pct(s) {
-                    timed.push((elapsed, y));
-                }
-            }
-            by_time.push((a.name.clone(), timed));
+                    .filter(|(_, s)| s.n > 1)
+                    .map(|(k, s)| (*k, 100.0 * (s.mean - s.std), 100.0 * (s.mean + s.std)))
+                    .collect(),
+            });
+            by_time.push((a.name.as_str(), a.accuracy_by_time()));
         }
-        fn named(v: &[(String, Vec<(f64, f64)>)]) -> Vec<(&str, Vec<(f64, f64)>)> {
-            v.iter().map(|(n, p)| (n.as_str(), p.clone())).collect()
-        }
-        plot::lines(
+        plot::lines_with_bands(
             &out.join("accuracy.svg"),
-            "Held-out accuracy per round (mean, and +- one sd over seeds)",
+            "Held-out accuracy per round (mean, and one sd over seeds)",
             "round",
             "accuracy (%)",
-            &named(&by_round),
+            &by_round,
         )?;
         plot::lines(
             &out.join("accuracy_vs_time.svg"),
             "Held-out accuracy against time spent (scoring and training)",
             "seconds",
             "accuracy (%)",
-            &named(&by_time),
+            &by_time,
         )
     }
 
@@ -516,6 +651,30 @@ impl Report {
                 a.name, a.steps.mean, a.tokens.mean, a.score_seconds.mean, a.train_seconds.mean
             ));
         }
+        if self.arms.iter().any(|a| a.reward.is_some()) {
+            md.push_str(
+                "\n## GRPO: reward per step, and groups without a learning signal\n\n| arm | mean \
+                 reward per step | groups with equal rewards, % |\n|---|---:|---:|\n",
+            );
+            let plain = |s: &Option<Spread>, scale: f64| match s {
+                Some(s) if s.n > 1 => format!("{:.3} ± {:.3}", scale * s.mean, scale * s.std),
+                Some(s) => format!("{:.3}", scale * s.mean),
+                None => "n/a".into(),
+            };
+            for a in &self.arms {
+                md.push_str(&format!(
+                    "| {} | {} | {} |\n",
+                    a.name,
+                    plain(&a.reward, 1.0),
+                    plain(&a.zero_std_fraction, 100.0)
+                ));
+            }
+            md.push_str(
+                "\nA group whose completions all get the same reward has zero advantage and gives \
+                 no gradient; a curriculum that picks what the model is unsure of should waste \
+                 fewer.\n",
+            );
+        }
         md.push_str(
             "\nRound 0 is before training. ± is one standard deviation over seeds; the \
              difference to random is paired by seed, with a 95% interval from Student's t.\n",
@@ -582,6 +741,21 @@ mod tests {
         assert_eq!(a.sets.len(), 2);
         assert!(Arm::parse("../x").is_err());
         assert!(Arm::parse("a:b").is_err());
+        for bad in ["..", ".", ".hidden", "-x"] {
+            assert!(Arm::parse(bad).is_err(), "{bad}");
+        }
+        for shared in [
+            "data.train=\"x\"",
+            "eval.max_samples=3",
+            "model.dtype=\"f32\"",
+            " run.seed=2",
+        ] {
+            let e = Arm::parse(&format!("a:{shared}")).unwrap_err();
+            assert!(
+                format!("{e}").contains("which every arm of a study shares"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -594,6 +768,8 @@ mod tests {
             train_seconds: vec![2.0],
             steps: 4,
             tokens: 100,
+            reward: None,
+            zero_std_fraction: None,
         };
         let arm = [run(1, 0.5), run(2, 0.6), run(3, 0.4)];
         let base = [run(1, 0.4), run(2, 0.4), run(3, 0.4)];

@@ -143,16 +143,57 @@ pub fn lines(
     y_label: &str,
     series: &[(&str, Vec<(f64, f64)>)],
 ) -> Result<()> {
+    let lines: Vec<Line> = series
+        .iter()
+        .map(|(name, points)| Line {
+            name,
+            points: points.clone(),
+            band: Vec::new(),
+        })
+        .collect();
+    lines_with_bands(path, title, x_label, y_label, &lines)
+}
+
+/// A named line, with a band around it (`(x, low, high)`; empty for none).
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+    pub band: Vec<(f64, f64, f64)>,
+}
+
+/// Colours told apart on white, one per series in turn.
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(23, 190, 207),
+];
+
+/// Named lines over a shared x axis, each in its own colour, with its band filled in a light
+/// shade of it beneath (empty lines are skipped, and keep their colour).
+pub fn lines_with_bands(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Line],
+) -> Result<()> {
     let xs: Vec<f64> = series
         .iter()
-        .flat_map(|(_, s)| s.iter().map(|p| p.0))
+        .flat_map(|l| l.points.iter().map(|p| p.0))
         .collect();
     let ys: Vec<f64> = series
         .iter()
-        .flat_map(|(_, s)| s.iter().map(|p| p.1))
+        .flat_map(|l| {
+            let band = l.band.iter().flat_map(|&(_, lo, hi)| [lo, hi]);
+            l.points.iter().map(|p| p.1).chain(band)
+        })
         .collect();
     let ((x0, x1), (y0, y1)) = (span(&xs), span(&ys));
-    let colors = [BLUE, RED, GREEN, MAGENTA, CYAN];
     render(
         path,
         title,
@@ -160,19 +201,36 @@ pub fn lines(
         (x0..x1, y0..y1),
         true,
         |chart| {
-            for (k, (name, points)) in series
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, p))| !p.is_empty())
-            {
-                let color = colors[k % colors.len()];
+            for (k, line) in series.iter().enumerate() {
+                let color = COLORS[k % COLORS.len()];
+                if line.band.len() > 1 {
+                    let outline: Vec<(f64, f64)> = line
+                        .band
+                        .iter()
+                        .map(|&(x, lo, _)| (x, lo))
+                        .chain(line.band.iter().rev().map(|&(x, _, hi)| (x, hi)))
+                        .collect();
+                    chart
+                        .draw_series(std::iter::once(Polygon::new(
+                            outline,
+                            color.mix(0.18).filled(),
+                        )))
+                        .map_err(|e| anyhow!("{e}"))?;
+                }
+            }
+            for (k, line) in series.iter().enumerate() {
+                let (name, points) = (line.name, &line.points);
+                if points.is_empty() {
+                    continue;
+                }
+                let color = COLORS[k % COLORS.len()];
                 chart
                     .draw_series(LineSeries::new(
                         points.iter().copied(),
                         color.stroke_width(2),
                     ))
                     .map_err(|e| anyhow!("{e}"))?
-                    .label(*name)
+                    .label(name)
                     .legend(move |(x, y)| {
                         PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
                     });
@@ -232,5 +290,19 @@ mod tests {
         .unwrap();
         let text = std::fs::read_to_string(&l).unwrap();
         assert!(text.contains("<polyline") && text.contains("train"));
+        let b = dir.path().join("b.svg");
+        let band = Line {
+            name: "edco",
+            points: vec![(0.0, 20.0), (1.0, 25.0)],
+            band: vec![(0.0, 18.0, 22.0), (1.0, 21.0, 29.0)],
+        };
+        lines_with_bands(&b, "accuracy", "round", "%", &[band]).unwrap();
+        let text = std::fs::read_to_string(&b).unwrap();
+        // The band is one filled polygon, in a light shade of the line's colour, drawn first
+        // (beneath the line).
+        assert_eq!(text.matches("<polygon").count(), 1, "{text}");
+        let polygon = text.find("<polygon opacity=\"0.18\" fill=\"#1F77B4\"");
+        let line = text.find("stroke=\"#1F77B4\" stroke-width=\"2\"");
+        assert!(polygon.is_some() && polygon < line, "{text}");
     }
 }

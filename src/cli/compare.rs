@@ -62,6 +62,10 @@ pub fn run(a: CompareArgs) -> Result<()> {
 fn seeds(spec: &str) -> Result<Vec<u64>> {
     let parsed: Result<Vec<u64>, _> = spec.split(',').map(|s| s.trim().parse()).collect();
     match parsed {
+        Ok(v) if v.len() == 1 && v[0] > crate::compare::MAX_SEEDS as u64 => bail!(
+            "--seeds {spec}: a study runs at most {} seeds (every seed is a run per arm)",
+            crate::compare::MAX_SEEDS
+        ),
         Ok(v) if v.len() == 1 && v[0] > 0 => Ok((1..=v[0]).collect()),
         Ok(v) if v.len() > 1 => Ok(v),
         _ => bail!("--seeds `{spec}`: expected a count (3) or a list of seeds (1,7,9)"),

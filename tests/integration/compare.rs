@@ -14,8 +14,11 @@ fn compare(cfg: &Path, out: &Path, extra: &[&str]) -> Command {
         .arg(cfg)
         .arg("--out")
         .arg(out)
-        .args(["--arm", "edco,random", "--seeds", "2"])
+        .args(["--arm", "edco,random"])
         .args(extra);
+    if !extra.contains(&"--seeds") {
+        c.args(["--seeds", "2"]);
+    }
     c
 }
 
@@ -161,4 +164,65 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
         "{err}"
     );
     assert!(!other.exists(), "a refused study leaves nothing behind");
+
+    // A data file that changed while the study ran (here, a run done again after its
+    // directory was removed): the study stops at the first run that read it, naming it.
+    let changed = dir.path().join("changed");
+    ok(compare(&cfg, &changed, &["--seeds", "1"]).output().unwrap());
+    std::fs::remove_dir_all(changed.join("runs/random")).unwrap();
+    let eval = dir.path().join("eval.jsonl");
+    let text = std::fs::read_to_string(&eval).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&eval, lines[1..].join("\n") + "\n").unwrap();
+    let o = compare(&cfg, &changed, &["--seeds", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("the runs read different data.eval"),
+        "{err}"
+    );
+}
+
+/// What a study cannot be: arms that change what every arm shares, seeds given twice, an arm
+/// name that is not a folder's, settings the study makes itself.
+#[test]
+fn a_study_that_would_not_compare_like_with_like_is_refused() {
+    let model = fixture_with_tokenizer("tiny-qwen3");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, config_text(model.path(), dir.path(), "")).unwrap();
+    let out = dir.path().join("study");
+    for (args, expected) in [
+        (
+            vec!["--arm", "other:data.eval=\"x.jsonl\""],
+            "sets `data.eval`, which every arm of a study shares",
+        ),
+        (
+            vec!["--arm", "big:model.lora.r=16"],
+            "sets `model.lora.r`, which every arm of a study shares",
+        ),
+        (
+            vec!["--arm", ".."],
+            "its name must start with a letter or digit",
+        ),
+        (vec!["--seeds", "3,3"], "seed 3 is given twice"),
+        (
+            vec!["--seeds", "100000000000"],
+            "a study runs at most 1000 seeds",
+        ),
+        (
+            vec!["--set", "run.seed=4"],
+            "the study sets `run.seed` for each run itself",
+        ),
+    ] {
+        let o = compare(&cfg, &out, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(expected),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !out.exists(),
+            "{args:?}: a refused study leaves nothing behind"
+        );
+    }
 }

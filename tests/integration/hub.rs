@@ -342,3 +342,69 @@ fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("resuming on commit"), "{err}");
 }
+
+/// A study on a hub id pins the commit the branch points to when it begins: a run of the
+/// study started after the branch moved reads that commit too, so every run trains the same
+/// model.
+#[test]
+fn a_study_on_a_hub_id_reads_one_commit_in_every_run() {
+    use crate::train::{config_text, edco_under};
+    let home = tempfile::tempdir().unwrap();
+    let repo = home.path().join("hub/models--edco--study");
+    let (first, moved) = (
+        "4444444444444444444444444444444444444444",
+        "5555555555555555555555555555555555555555",
+    );
+    for (commit, fixture) in [(first, "tiny-qwen3"), (moved, "tiny-llama3")] {
+        let snapshot = repo.join("snapshots").join(commit);
+        std::fs::create_dir_all(&snapshot).unwrap();
+        copy_files(
+            crate::common::fixture_with_tokenizer(fixture).path(),
+            &snapshot,
+        );
+    }
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), first).unwrap();
+    let hub = format!(
+        "export HF_HOME='{}' HF_HUB_OFFLINE=1",
+        home.path().display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config_text(Path::new("edco/study"), dir.path(), "").replace("rounds = 2", "rounds = 1");
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let out = dir.path().join("study");
+    let args = [
+        "compare",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--arm",
+        "edco,random",
+        "--seeds",
+        "1",
+    ];
+    let o = edco_under(&hub, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let study = std::fs::read_to_string(out.join("study.json")).unwrap();
+    assert!(
+        study.contains(&format!("\"model_commit\": \"{first}\"")),
+        "{study}"
+    );
+
+    // The branch moves, and one run is to be done again (its directory removed): it runs on
+    // the study's commit, and the report, which refuses runs of different models, is written.
+    std::fs::write(repo.join("refs/main"), moved).unwrap();
+    std::fs::remove_dir_all(out.join("runs/random")).unwrap();
+    std::fs::remove_file(out.join("report.json")).unwrap();
+    let o = edco_under(&hub, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run_cfg = std::fs::read_to_string(out.join("runs/random/seed-1/config.toml")).unwrap();
+    assert!(
+        run_cfg.contains(&format!("revision = \"{first}\"")),
+        "{run_cfg}"
+    );
+    assert!(out.join("report.json").is_file());
+}
