@@ -29,14 +29,45 @@ pub const MAX_VALUE_TEXT: u64 = 16 << 20;
 /// are shared: 64 MiB.
 pub const MAX_CONTAINER_TEXT: u64 = 64 << 20;
 
+/// The stack a template renders on. A loop that wraps a list in lists builds a value as deep
+/// as fuel allows (about 4 million levels at one instruction each), and dropping it recurses
+/// once per level, some 35-70 bytes each: on a thread's usual 2-8 MB stack it would overflow
+/// and abort the process (measured: 64 levels per iteration overflowed 128 MiB, and fit in
+/// 256 MiB). The stack is address space reserved, not memory, until a template goes that deep.
+const RENDER_STACK: usize = 512 << 20;
+
 /// Renders the template `name` of `env` with `ctx` within the budget. Beyond fuel, the text
 /// containers render (printed, joined, concatenated with `~`, passed to a filter that takes a
 /// string) is bounded by [`MAX_CONTAINER_TEXT`] as it is written, item by item: a list holding
 /// one long string many times would otherwise build gigabytes before fuel saw any of it.
 pub fn render(env: &Environment<'_>, name: &str, ctx: Value) -> Result<String, Error> {
     let template = env.get_template(name)?;
-    let (out, exceeded) =
-        minijinja::value::with_container_text_bound(MAX_CONTAINER_TEXT, || template.render(ctx));
+    let rendered = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("template".into())
+            .stack_size(RENDER_STACK)
+            .spawn_scoped(s, || {
+                minijinja::value::with_container_text_bound(MAX_CONTAINER_TEXT, || {
+                    template.render(ctx)
+                })
+            })
+            .map(|thread| thread.join())
+    });
+    let (out, exceeded) = match rendered {
+        Ok(Ok(done)) => done,
+        Ok(Err(_)) => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                "the template engine failed (a panic)",
+            ));
+        }
+        Err(e) => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot start a thread to render on: {e}"),
+            ));
+        }
+    };
     if exceeded {
         return Err(Error::new(
             ErrorKind::InvalidOperation,
@@ -85,13 +116,19 @@ pub fn bound(env: &mut Environment<'_>) {
                 indent,
                 ensure_ascii: false,
                 html_safe: true,
+                python_floats: false,
             };
             Ok(Value::from_safe_string(to_json(value, style)?))
         },
     );
+    // minijinja's `pprint` (Rust's pretty `Debug`), written into a bounded buffer: its
+    // indentation is text the estimate does not see.
     env.add_filter("pprint", |value: &Value| -> Result<String, Error> {
         check_text_size(value, "pprint")?;
-        Ok(minijinja::filters::pprint(value))
+        let mut out = Bounded(Vec::new());
+        write!(out, "{value:#?}").map_err(|_| too_long("pprint"))?;
+        String::from_utf8(out.0)
+            .map_err(|e| Error::new(ErrorKind::InvalidOperation, format!("pprint: {e}")))
     });
 }
 
@@ -152,23 +189,37 @@ fn fits(value: &Value, left: &mut u64, depth: usize) -> bool {
                     take(left, 4) && fits(&key, left, depth + 1) && fits(&item, left, depth + 1)
                 })
         }
-        // The longest text of an f64 (`-2.2250738585072014e-308`) is 24 bytes.
-        ValueKind::Number | ValueKind::Bool | ValueKind::None | ValueKind::Undefined => {
-            take(left, 24)
-        }
+        // The longest text of a number (an i128's) is 40 bytes.
+        ValueKind::Number => take(left, 40),
+        ValueKind::Bool | ValueKind::None | ValueKind::Undefined => take(left, 9),
         _ => take(left, 64),
     }
 }
 
 /// How [`to_json`] lays out its text: Python's `json.dumps` separators (`", "` and `": "` on
 /// one line, or `","` and a newline with `indent` spaces per level), strings with the
-/// characters beyond ASCII escaped (`ensure_ascii`), and `<`, `>`, `&` and `'` escaped so that
-/// the text can sit inside HTML (`html_safe`, as minijinja's `tojson` does).
+/// characters outside printable ASCII escaped (`ensure_ascii`), `<`, `>`, `&` and `'` escaped
+/// so that the text can sit inside HTML (`html_safe`, as minijinja's `tojson` does), and
+/// floats as Python writes them (`python_floats`: `1e-05`, `1e+16`, `2.0`; else `0.00001`,
+/// `1e16`, `2.0`). Floats that are not finite are `null` either way (Python writes `NaN`,
+/// which is not JSON).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct JsonStyle {
     pub indent: Option<usize>,
     pub ensure_ascii: bool,
     pub html_safe: bool,
+    pub python_floats: bool,
+}
+
+/// The deepest nesting [`to_json`] writes: far beyond any template's data, and well within
+/// the stack the recursive serializer needs.
+pub const MAX_JSON_DEPTH: usize = 256;
+
+fn too_long(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        format!("{what}: the value's text would exceed {MAX_VALUE_TEXT} bytes"),
+    )
 }
 
 /// `value` as JSON text, refused as soon as the text grows past [`MAX_VALUE_TEXT`]: an
@@ -182,13 +233,13 @@ pub fn to_json(value: &Value, style: JsonStyle) -> Result<String, Error> {
         has_value: false,
     };
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
-    serde::Serialize::serialize(value, &mut ser).map_err(|e| {
-        let msg = if e.is_io() {
-            format!("tojson: the value's text would exceed {MAX_VALUE_TEXT} bytes")
-        } else {
-            format!("tojson: {e}")
-        };
-        Error::new(ErrorKind::InvalidOperation, msg)
+    serde::Serialize::serialize(value, &mut ser).map_err(|e| match e.io_error_kind() {
+        Some(io::ErrorKind::OutOfMemory) => too_long("tojson"),
+        Some(_) => Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: the value is nested more than {MAX_JSON_DEPTH} deep"),
+        ),
+        None => Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")),
     })?;
     // serde_json writes only whole UTF-8 strings, and every escape is ASCII.
     String::from_utf8(out.0)
@@ -201,7 +252,7 @@ struct Bounded(Vec<u8>);
 impl Write for Bounded {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if (self.0.len() + buf.len()) as u64 > MAX_VALUE_TEXT {
-            return Err(io::Error::other("text too long"));
+            return Err(io::Error::new(io::ErrorKind::OutOfMemory, "text too long"));
         }
         self.0.extend_from_slice(buf);
         Ok(buf.len())
@@ -249,6 +300,12 @@ impl Layout {
     }
 
     fn open<W: ?Sized + Write>(&mut self, w: &mut W, bracket: &[u8]) -> io::Result<()> {
+        if self.level >= MAX_JSON_DEPTH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "nested too deep",
+            ));
+        }
         self.level += 1;
         self.has_value = false;
         w.write_all(bracket)
@@ -304,6 +361,18 @@ impl Formatter for Layout {
         Ok(())
     }
 
+    fn write_f64<W: ?Sized + Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        if self.style.python_floats {
+            w.write_all(python_float(value).as_bytes())
+        } else {
+            serde_json::ser::CompactFormatter.write_f64(w, value)
+        }
+    }
+
+    fn write_f32<W: ?Sized + Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
+        self.write_f64(w, value.into())
+    }
+
     fn write_string_fragment<W: ?Sized + Write>(
         &mut self,
         w: &mut W,
@@ -317,8 +386,10 @@ impl Formatter for Layout {
         if !ensure_ascii && !html_safe {
             return w.write_all(fragment.as_bytes());
         }
+        // Python's ensure_ascii escapes all but printable ASCII (DEL too); control characters
+        // never reach a fragment.
         let escaped = |c: char| {
-            (ensure_ascii && !c.is_ascii()) || (html_safe && matches!(c, '<' | '>' | '&' | '\''))
+            (ensure_ascii && c > '~') || (html_safe && matches!(c, '<' | '>' | '&' | '\''))
         };
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
@@ -333,6 +404,26 @@ impl Formatter for Layout {
             start = i + c.len_utf8();
         }
         w.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
+/// A finite float as Python's `repr` writes it: the shortest digits that read back as the same
+/// float, positional for exponents from -4 to 15 (with `.0` when integral), else scientific
+/// with a signed exponent of at least two digits.
+fn python_float(v: f64) -> String {
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let text = v.to_string();
+        if text.contains('.') {
+            text
+        } else {
+            text + ".0"
+        }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
     }
 }
 
@@ -442,6 +533,17 @@ mod tests {
             "{% set ns = namespace(l=[''] * 2000000) %}{% for i in range(30) %}\
              {% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson(indent=64) }}",
             "{{ [[1]]|tojson(indent=10000000000000) }}",
+            // pprint indents too; a value nested far deeper than any data.
+            "{% set ns = namespace(l=[''] * 2000000) %}{% for i in range(30) %}\
+             {% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|pprint }}",
+            "{% set ns = namespace(l=[]) %}{% for i in range(20000) %}\
+             {% set ns.l = [ns.l] %}{% endfor %}{{ ns.l|tojson }}",
+            // As deep as fuel goes, then dropped when the render ends.
+            // (`range` stops at 100,000 items, so two loops.)
+            "{% set ns = namespace(l=[]) %}{% for i in range(10000) %}{% for j in range(10000) %}\
+             {% set ns.l = [ns.l] %}{% endfor %}{% endfor %}x",
+            "{% set ns = namespace(l=[]) %}{% for i in range(10000) %}{% for j in range(10000) %}\
+             {% set ns.l = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ns.l]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]] %}{% endfor %}{% endfor %}x",
         ] {
             let (out, took) = render(bomb);
             assert!(out.is_err(), "{bomb} rendered");
@@ -467,9 +569,9 @@ mod tests {
         assert!(check_text_size(&big, "t").is_err());
         let small = Value::from(vec![Value::from("x".repeat(1 << 20)); 15]);
         assert!(check_text_size(&small, "t").is_ok());
-        // A list of half a million numbers, some 10 MB as text, is within it.
+        // A list of 300,000 numbers, some 7 MB as text, is within it.
         let numbers = Value::from(
-            (0..500_000)
+            (0..300_000)
                 .map(|i| i as f64 * 1.5e-300)
                 .collect::<Vec<_>>(),
         );

@@ -136,8 +136,14 @@ impl Fingerprint {
         let fresh =
             "restore it, or start a new run (a new run.output_dir) to train on what is there now";
         if !now.model.is_empty() && !self.model.is_empty() && self.model != now.model {
+            // The advice to name the run's commit holds for the repository it is of.
+            let same_repo = self
+                .model_source
+                .as_deref()
+                .is_none_or(|s| s == cfg.model.source);
             if let (Some(then), Some(now)) = (&self.model_commit, &now.model_commit)
                 && then != now
+                && same_repo
             {
                 bail!(
                     "cannot resume {}: model.source `{}` resolves to commit {now}, and the run \
@@ -148,9 +154,13 @@ impl Fingerprint {
                     cfg.model.source
                 );
             }
+            let began = match (&self.model_source, &self.model_commit) {
+                (Some(s), Some(c)) if *s != cfg.model.source => format!(" (`{s}` at commit {c})"),
+                _ => String::new(),
+            };
             bail!(
-                "cannot resume {}: model.source `{}` is not the model the run started with (its \
-                 files differ from those recorded in {FINGERPRINT}); {fresh}",
+                "cannot resume {}: model.source `{}` is not the model the run started with{began} \
+                 (its files differ from those recorded in {FINGERPRINT}); {fresh}",
                 run.display(),
                 cfg.model.source
             );
@@ -192,7 +202,8 @@ impl Fingerprint {
 }
 
 /// A data file's size, SHA-256 and sample count.
-fn data_print(path: &Path, samples: usize) -> Result<DataPrint> {
+/// The print of the data file at `path`, which holds `samples` samples.
+pub fn data_print(path: &Path, samples: usize) -> Result<DataPrint> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(DataPrint {
         samples,

@@ -365,6 +365,7 @@ fn python_tojson(
         indent,
         ensure_ascii,
         html_safe: false,
+        python_floats: true,
     };
     Ok(minijinja::Value::from_safe_string(crate::jinja::to_json(
         &value, style,
@@ -495,6 +496,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(out, format!("{zero}|{three}"));
+
+        // Python 3: json.dumps([1e-05, 1e16, 2.0, 0.0001, 1.5e-07, -0.0, 123456789.125, 1e300,
+        // "\x7f"], ensure_ascii=True).
+        extra.insert(
+            "x".into(),
+            serde_json::json!([
+                1e-05,
+                1e16,
+                2.0,
+                0.0001,
+                1.5e-07,
+                -0.0,
+                123456789.125,
+                1e300,
+                "\u{7f}"
+            ]),
+        );
+        let out = render_chat_template(
+            "{{ x|tojson(ensure_ascii=True) }}",
+            &[],
+            false,
+            &TokenizerMeta::default(),
+            &extra,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"[1e-05, 1e+16, 2.0, 0.0001, 1.5e-07, -0.0, 123456789.125, 1e+300, "\u007f"]"#
+        );
     }
 
     #[test]

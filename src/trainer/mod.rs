@@ -133,7 +133,8 @@ fn pin_recorded_commit(settings: &mut Settings, recorded: Option<&Fingerprint>) 
     let m = &mut settings.model;
     if let Some(f) = recorded
         && let Some(commit) = &f.model_commit
-        && f.model_source.as_deref() == Some(m.source.as_str())
+        // A fingerprint from before the source was recorded: the commit is the source's.
+        && f.model_source.as_deref().is_none_or(|s| s == m.source)
         && m.revision.is_none()
         && !Path::new(&m.source).exists()
     {

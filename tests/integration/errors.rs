@@ -430,6 +430,14 @@ fn template_bombs_stop_naming_the_template() {
             "{{ [[1]]|tojson(indent=10000000000000) }}",
             "tojson: the value's text would exceed",
         ),
+        // A value nested millions deep, dropped when fuel runs out: the drop recurses once per
+        // level, beyond an ordinary thread's stack.
+        (
+            "{% set ns = namespace(l=[]) %}{% for i in range(10000) %}{% for j in range(10000) %}\
+             {% set ns.l = [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[ns.l]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]] %}\
+             {% endfor %}{% endfor %}",
+            "fuel",
+        ),
     ] {
         cfg["chat_template"] = bomb.into();
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
