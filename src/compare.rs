@@ -45,13 +45,15 @@ impl Arm {
             let Some((key, _)) = set.split_once('=') else {
                 bail!("arm `{spec}`: expected NAME:KEY=VALUE[,KEY=VALUE...]");
             };
+            // The section, also when it is set whole (`entropy={samples=4}`).
             let key = key.trim();
-            if let Some(shared) = ARMS_SHARE.iter().find(|k| key.starts_with(*k)) {
+            let section = key.split('.').next().unwrap_or(key).trim();
+            if !ARM_SECTIONS.contains(&section) {
                 bail!(
-                    "arm `{name}`: sets `{key}`, which every arm of a study shares ({shared}...: \
-                     the data, the held-out evaluation, the model, and the seed and directory \
-                     the study gives each run); set it for the whole study with --set, or \
-                     compare it in another study"
+                    "arm `{name}`: sets `{key}`; an arm may change only what is selected and how \
+                     it is scored (`curriculum.*` and `entropy.*`), so that the arms of a study \
+                     differ in nothing else; set other settings for the whole study with --set \
+                     (but run.seed and run.output_dir, which the study sets for each run)"
                 );
             }
         }
@@ -62,12 +64,13 @@ impl Arm {
     }
 }
 
-/// The settings every arm of a study shares, so that arms differ only in what they train on:
-/// an arm that changed one of them would not be compared at the same data, evaluation or model.
-const ARMS_SHARE: &[&str] = &["data.", "eval.", "model.", "run.seed", "run.output_dir"];
+/// The config sections an arm may set: which samples are selected, and how they are scored.
+/// Everything else (the data, the evaluation, the model, the method and its optimizer) every
+/// arm of a study shares, so that the arms differ only in what they train on.
+const ARM_SECTIONS: &[&str] = &["curriculum", "entropy"];
 
-/// The settings the study gives each run itself.
-const STUDY_SETS: &[&str] = &["run.seed", "run.output_dir"];
+/// The settings the study gives each run itself (also set whole, as `run={...}`).
+const STUDY_SETS: &[&str] = &["run", "run.seed", "run.output_dir"];
 
 /// The most seeds a study runs.
 pub const MAX_SEEDS: usize = 1000;
@@ -201,6 +204,9 @@ pub fn run(study: &Study, out: &Path) -> Result<Report> {
             }
             eprintln!("study: {k}/{total} {} seed {seed}", arm.name);
             let started = dir.join("config.toml").is_file();
+            if !started {
+                same_data(study, out, &cfg)?;
+            }
             let cfg = if started {
                 Config::load(&dir.join("config.toml"), &[])?
             } else {
@@ -254,9 +260,11 @@ fn claim(study: &Study, out: &Path) -> Result<Option<String>> {
         }
         if then.study != *study {
             bail!(
-                "{}: the study there was started with other arms, seeds or settings ({}); run \
-                 it as it was to finish it, or choose a new --out for this one",
+                "{}: the study there was started with other arms, seeds or settings, or from \
+                 config {} ({}); run it as it was to finish it, or choose a new --out for this \
+                 one",
                 out.display(),
+                then.study.config.display(),
                 path.display()
             );
         }
@@ -275,12 +283,19 @@ fn claim(study: &Study, out: &Path) -> Result<Option<String>> {
         model_commit: study.hub_commit(out)?,
     };
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    write_new(&path, serde_json::to_string_pretty(&now)?.as_bytes()).with_context(|| {
-        format!(
-            "{}: another edco compare may be starting a study there now",
-            out.display()
-        )
-    })?;
+    if let Err(e) = write_new(&path, serde_json::to_string_pretty(&now)?.as_bytes()) {
+        let raced = e
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::AlreadyExists);
+        if raced {
+            bail!(
+                "{}: another edco compare began a study there just now; run this one into \
+                 another --out",
+                out.display()
+            );
+        }
+        return Err(e);
+    }
     Ok(now.model_commit)
 }
 
@@ -317,6 +332,37 @@ fn same_inputs(study: &Study, out: &Path) -> Result<()> {
                     crate::resume::FINGERPRINT
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses to start a run of the study on data files other than those its runs read so far:
+/// checked before the run starts, where [`same_inputs`] can tell only once it has run.
+fn same_data(study: &Study, out: &Path, cfg: &Config) -> Result<()> {
+    for arm in &study.arms {
+        for &seed in &study.seeds {
+            let dir = Study::run_dir(out, arm, seed);
+            let Some(f) = Fingerprint::load(&dir)? else {
+                continue;
+            };
+            let files = [
+                ("data.train", &cfg.data.train, Some(&f.train)),
+                ("data.eval", &cfg.data.eval, f.eval.as_ref()),
+            ];
+            for (key, path, then) in files {
+                let Some(then) = then else { continue };
+                if crate::resume::data_print(path, then.samples)? != *then {
+                    bail!(
+                        "{key} {}: not the file the study's runs read ({} records it): it \
+                         changed while the study ran, and a study compares runs on one data \
+                         set; restore it, or begin a new study (a new --out)",
+                        path.display(),
+                        dir.join(crate::resume::FINGERPRINT).display()
+                    );
+                }
+            }
+            return Ok(());
         }
     }
     Ok(())
@@ -752,7 +798,7 @@ mod tests {
         ] {
             let e = Arm::parse(&format!("a:{shared}")).unwrap_err();
             assert!(
-                format!("{e}").contains("which every arm of a study shares"),
+                format!("{e}").contains("an arm may change only what is selected"),
                 "{e}"
             );
         }

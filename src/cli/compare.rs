@@ -2,7 +2,7 @@
 //! training config (see `crate::compare`).
 
 use crate::compare::{Arm, Study};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -40,8 +40,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
             }
         }
     }
+    // One spelling of the config's path, so that the same study named from elsewhere (`c.toml`,
+    // `./c.toml`, another directory) is the same study.
+    let config = std::fs::canonicalize(&a.config)
+        .with_context(|| format!("reading config {}", a.config.display()))?;
     let study = Study {
-        config: a.config,
+        config,
         sets: a.overrides,
         arms,
         seeds: seeds(&a.seeds)?,

@@ -177,8 +177,16 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
     let o = compare(&cfg, &changed, &["--seeds", "1"]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("the runs read different data.eval"),
+        !o.status.success()
+            && err.contains(&format!(
+                "data.eval {}: not the file the study's runs read",
+                eval.display()
+            )),
         "{err}"
+    );
+    assert!(
+        !changed.join("runs/random").exists(),
+        "the run is refused before it starts"
     );
 }
 
@@ -194,11 +202,23 @@ fn a_study_that_would_not_compare_like_with_like_is_refused() {
     for (args, expected) in [
         (
             vec!["--arm", "other:data.eval=\"x.jsonl\""],
-            "sets `data.eval`, which every arm of a study shares",
+            "sets `data.eval`; an arm may change only what is selected",
         ),
         (
             vec!["--arm", "big:model.lora.r=16"],
-            "sets `model.lora.r`, which every arm of a study shares",
+            "sets `model.lora.r`; an arm may change only what is selected",
+        ),
+        (
+            vec!["--arm", "long:eval={max_new_tokens=256}"],
+            "sets `eval`; an arm may change only what is selected",
+        ),
+        (
+            vec!["--arm", "fast:sft.learning_rate=1e-2"],
+            "sets `sft.learning_rate`; an arm may change only what is selected",
+        ),
+        (
+            vec!["--set", "run={seed=4}"],
+            "the study sets `run` for each run itself",
         ),
         (
             vec!["--arm", ".."],

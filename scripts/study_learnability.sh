@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Where can SmolLM2-135M-Instruct learn at all? For each candidate task of the public QA sets,
+# its held-out accuracy before training and after each of four rounds of LoRA SFT, each round
+# on 400 items drawn at random from its pool (200 optimizer steps of 8 items in all), so that
+# the curriculum study runs on tasks where training moves the model. Each task is an
+# `edco compare` study of one arm (random) and one seed under OUT/TASK: run the script again
+# after a stop and it goes on where it stopped. Ends with OUT/learnability.md and .json.
+#
+# DATA is the folder of the normalised QA sets (telecom/, medicine/, law/); the pools and
+# held-out sets are cut from it into OUT/data (never into the repository), the same way each
+# time: PubMedQA's official train and test splits; for the others a shuffle with a fixed seed,
+# 300 held-out items and a pool of 800 after them.
+# Usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]
+#   (default OUT: target/study/learnability; tasks: pubmedqa legalbench teleqna oran_easy)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+data=${1:?usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]}
+out=${2:-target/study/learnability}
+shift $(($# < 2 ? $# : 2))
+tasks=("$@")
+[ ${#tasks[@]} -gt 0 ] || tasks=(pubmedqa legalbench teleqna oran_easy)
+
+scripts/fetch_assets.sh smollm2 >&2
+model="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+cargo build --release --quiet
+mkdir -p "$out/data"
+
+# The pools and held-out sets (written once; a second run checks they are the same bytes).
+python3 - "$data" "$out/data" "${tasks[@]}" <<'PY'
+import json, random, sys, os
+data, dest, tasks = sys.argv[1], sys.argv[2], sys.argv[3:]
+def read(path):
+    with open(os.path.join(data, path)) as f:
+        return [json.loads(l) for l in f if l.strip()]
+def shuffled(items):
+    items = list(items)
+    random.Random(0).shuffle(items)
+    return items
+splits = {}
+for t in tasks:
+    if t == "pubmedqa":
+        items = read("medicine/pubmedqa_pqal.jsonl")
+        pool = [x for x in items if x["meta"]["split"] == "train"]
+        held = shuffled(x for x in items if x["meta"]["split"] == "test")[:300]
+    elif t == "legalbench":
+        items = shuffled(read("law/legalbench.jsonl"))
+        held, pool = items[:300], items[300:1100]
+    elif t == "teleqna":
+        items = shuffled(x for x in read("telecom/teleqna.jsonl")
+                         if not x["meta"].get("answer_text_mismatch"))
+        held, pool = items[:300], items[300:1100]
+    elif t == "oran_easy":
+        items = shuffled(x for x in read("telecom/oran_bench.jsonl")
+                         if x["meta"]["difficulty"] == "easy")
+        held, pool = items[:300], items[300:1100]
+    else:
+        sys.exit(f"unknown task {t}: expected pubmedqa, legalbench, teleqna or oran_easy")
+    for name, part in (("pool", pool), ("eval", held)):
+        text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in part)
+        path = os.path.join(dest, f"{t}_{name}.jsonl")
+        if os.path.exists(path):
+            if open(path).read() != text:
+                sys.exit(f"{path} holds another split; move it away to cut it again")
+        else:
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+PY
+
+for t in "${tasks[@]}"; do
+  cfg="$out/$t.toml"
+  cat > "$cfg.tmp" <<EOF
+# Learnability scan of $t (scripts/study_learnability.sh).
+method = "sft"
+[model]
+source = "$model"
+finetune = "lora"
+lora = { r = 16, alpha = 32.0, dropout = 0.0 }
+[data]
+train = "$out/data/${t}_pool.jsonl"
+eval = "$out/data/${t}_eval.jsonl"
+max_length = 1024
+[curriculum]
+strategy = "random"
+rounds = 4
+select_n = 400
+[sft]
+learning_rate = 1e-4
+min_learning_rate = 1e-5
+warmup_steps = 4
+batch_size = 8
+[eval]
+max_new_tokens = 8
+loss = false
+[run]
+output_dir = "$out/$t/run"
+keep_last = 1
+EOF
+  if [ -f "$cfg" ] && ! cmp -s "$cfg" "$cfg.tmp"; then
+    echo "$cfg: differs from the scan's config; move it away to start $t again" >&2
+    rm -f "$cfg.tmp"
+    exit 1
+  fi
+  mv "$cfg.tmp" "$cfg"
+  echo "== $t" >&2
+  target/release/edco compare --config "$cfg" --arm random --seeds 1 --out "$out/$t" >&2
+done
+
+python3 - "$out" "${tasks[@]}" <<'PY'
+import json, sys
+out, tasks = sys.argv[1], sys.argv[2:]
+rows = []
+for t in tasks:
+    arm = json.load(open(f"{out}/{t}/report.json"))["arms"][0]
+    run = arm["runs"][0]
+    pool = sum(1 for _ in open(f"{out}/data/{t}_pool.jsonl"))
+    held = sum(1 for _ in open(f"{out}/data/{t}_eval.jsonl"))
+    rows.append({"task": t, "pool": pool, "eval": held, "steps": run["steps"],
+                 "tokens": run["tokens"], "accuracy": run["accuracy"],
+                 "option_accuracy": run["option_accuracy"],
+                 "train_seconds": sum(run["train_seconds"])})
+json.dump(rows, open(f"{out}/learnability.json", "w"), indent=1)
+pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
+lines = ["| task | pool | held out | greedy accuracy, before -> after each round (%) "
+         "| option likelihood, before -> after (%) | steps | training s |",
+         "|---|---:|---:|---|---|---:|---:|"]
+for r in rows:
+    greedy = " -> ".join(pct(v) for v in r["accuracy"])
+    option = f'{pct(r["option_accuracy"][0])} -> {pct(r["option_accuracy"][-1])}'
+    lines.append(f'| {r["task"]} | {r["pool"]} | {r["eval"]} | {greedy} | {option} '
+                 f'| {r["steps"]} | {r["train_seconds"]:.0f} |')
+open(f"{out}/learnability.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
