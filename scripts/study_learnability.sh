@@ -11,14 +11,15 @@
 # time: PubMedQA's official train and test splits; for the others a shuffle with a fixed seed,
 # 300 held-out items and a pool of 800 after them.
 # Usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]
-#   (default OUT: target/study/learnability; tasks: pubmedqa legalbench teleqna oran_easy)
+#   (default OUT: target/study/learnability; tasks: oran_easy teleqna legalbench pubmedqa, the
+#   quickest first: PubMedQA's abstracts make its prompts four times as long)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:?usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]}
 out=${2:-target/study/learnability}
 shift $(($# < 2 ? $# : 2))
 tasks=("$@")
-[ ${#tasks[@]} -gt 0 ] || tasks=(pubmedqa legalbench teleqna oran_easy)
+[ ${#tasks[@]} -gt 0 ] || tasks=(oran_easy teleqna legalbench pubmedqa)
 
 scripts/fetch_assets.sh smollm2 >&2
 model="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
