@@ -390,6 +390,12 @@ pub struct RunRecord {
     /// rewards were all equal (no gradient), averaged over the run's steps.
     pub reward: Option<f64>,
     pub zero_std_fraction: Option<f64>,
+    /// Per round: how many of the selected samples had not been trained on before, the mean
+    /// score of the selected ones, and the mean score of the pool they were picked from (the
+    /// scores: what the strategy ranks by, when it scores).
+    pub new: Vec<Option<f64>>,
+    pub picked_score: Vec<Option<f64>>,
+    pub pool_score: Vec<Option<f64>>,
 }
 
 impl RunRecord {
@@ -414,8 +420,29 @@ impl RunRecord {
             let v: Vec<f64> = steps.iter().filter_map(|l| l[key].as_f64()).collect();
             (!v.is_empty()).then(|| stats::mean(&v))
         };
+        let picked_score = rounds
+            .iter()
+            .map(|l| {
+                let round = l["round"].as_u64()?;
+                let path = dir.join(format!("curriculum/round_{round:03}.jsonl"));
+                let text = std::fs::read_to_string(path).ok()?;
+                let scores: Vec<f64> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|l| l["score"].as_f64())
+                    .filter(|s| s.is_finite())
+                    .collect();
+                (!scores.is_empty()).then(|| stats::mean(&scores))
+            })
+            .collect();
         Ok(Self {
             seed,
+            new: rounds.iter().map(|l| l["new"].as_f64()).collect(),
+            picked_score,
+            pool_score: rounds
+                .iter()
+                .map(|l| l["pool_scores"]["mean"].as_f64())
+                .collect(),
             accuracy: series("accuracy"),
             option_accuracy: series("option_accuracy"),
             score_seconds: seconds("score_seconds"),
@@ -476,6 +503,10 @@ pub struct ArmReport {
     /// [`RunRecord`]), over seeds.
     pub reward: Option<Spread>,
     pub zero_std_fraction: Option<Spread>,
+    /// Per round (1 onwards), over seeds: see [`RunRecord`].
+    pub new: Vec<Option<Spread>>,
+    pub picked_score: Vec<Option<Spread>>,
+    pub pool_score: Vec<Option<Spread>>,
     pub runs: Vec<RunRecord>,
 }
 
@@ -571,6 +602,9 @@ impl Report {
                     tokens: total(|r| r.tokens as f64),
                     reward: grpo(|r| r.reward),
                     zero_std_fraction: grpo(|r| r.zero_std_fraction),
+                    new: per_round(|r| &r.new),
+                    picked_score: per_round(|r| &r.picked_score),
+                    pool_score: per_round(|r| &r.pool_score),
                     runs: records.clone(),
                 }
             })
@@ -697,6 +731,7 @@ impl Report {
                 a.name, a.steps.mean, a.tokens.mean, a.score_seconds.mean, a.train_seconds.mean
             ));
         }
+        md.push_str(&self.selection_table());
         if self.arms.iter().any(|a| a.reward.is_some()) {
             md.push_str(
                 "\n## GRPO: reward per step, and groups without a learning signal\n\n| arm | mean \
@@ -725,6 +760,41 @@ impl Report {
             "\nRound 0 is before training. ± is one standard deviation over seeds; the \
              difference to random is paired by seed, with a 95% interval from Student's t.\n",
         );
+        md
+    }
+}
+
+impl Report {
+    /// What each arm selected, round by round: how many picks were new, and the mean score of
+    /// the picks against the pool's (where the strategy scores).
+    fn selection_table(&self) -> String {
+        let rounds = self.arms.iter().map(|a| a.new.len()).max().unwrap_or(0);
+        if rounds == 0 {
+            return String::new();
+        }
+        let mut md = String::from(
+            "\n## What each arm selects (mean over seeds)\n\nPer round: samples not trained on \
+             before, and the mean score of the selected samples against the pool's.\n\n| arm |",
+        );
+        for k in 1..=rounds {
+            md.push_str(&format!(" round {k} |"));
+        }
+        md.push_str("\n|---|");
+        md.push_str(&"---|".repeat(rounds));
+        md.push('\n');
+        let mean = |v: &[Option<Spread>], k: usize| v.get(k).copied().flatten().map(|s| s.mean);
+        for a in &self.arms {
+            md.push_str(&format!("| {} |", a.name));
+            for k in 0..rounds {
+                let new = mean(&a.new, k).map_or("n/a".into(), |n| format!("{n:.0} new"));
+                let scores = match (mean(&a.picked_score, k), mean(&a.pool_score, k)) {
+                    (Some(p), Some(q)) => format!(", {p:.3} vs {q:.3}"),
+                    _ => String::new(),
+                };
+                md.push_str(&format!(" {new}{scores} |"));
+            }
+            md.push('\n');
+        }
         md
     }
 }
@@ -816,6 +886,9 @@ mod tests {
             tokens: 100,
             reward: None,
             zero_std_fraction: None,
+            new: vec![Some(4.0)],
+            picked_score: vec![None],
+            pool_score: vec![None],
         };
         let arm = [run(1, 0.5), run(2, 0.6), run(3, 0.4)];
         let base = [run(1, 0.4), run(2, 0.4), run(3, 0.4)];

@@ -95,6 +95,29 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
     let paired = &arms[0]["vs_random"];
     assert!((paired["mean"].as_f64().unwrap() - (d[0] + d[1]) / 2.0).abs() < 1e-12);
     assert!(arms[1]["vs_random"].is_null());
+    // What the curriculum selected: in round 1 every pick is new, and the mean score of the
+    // picks is that of the scores in the runs' curriculum files.
+    let picked = |seed: u64| {
+        let path = whole.join(format!("runs/edco/seed-{seed}/curriculum/round_001.jsonl"));
+        let scores: Vec<f64> = std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["score"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect();
+        scores.iter().sum::<f64>() / scores.len() as f64
+    };
+    let edco = &arms[0];
+    assert_eq!(edco["new"][0]["mean"], 4.0);
+    let want = (picked(1) + picked(2)) / 2.0;
+    assert!((edco["picked_score"][0]["mean"].as_f64().unwrap() - want).abs() < 1e-9);
+    assert!(
+        edco["pool_score"][0]["mean"].as_f64().unwrap() < want,
+        "the most uncertain are picked"
+    );
     let md = std::fs::read_to_string(whole.join("report.md")).unwrap();
     assert!(
         md.contains("| edco |") && md.contains("final vs random (95% CI)"),
