@@ -7,9 +7,8 @@
 # after a stop and it goes on where it stopped. Ends with OUT/learnability.md and .json.
 #
 # DATA is the folder of the normalised QA sets (telecom/, medicine/, law/); the pools and
-# held-out sets are cut from it into OUT/data (never into the repository), the same way each
-# time: PubMedQA's official train and test splits; for the others a shuffle with a fixed seed,
-# 300 held-out items and a pool of 800 after them.
+# held-out sets are cut from it into OUT/data by scripts/study_split.py (never into the
+# repository).
 # Usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]
 #   (default OUT: target/study/learnability; tasks: oran_easy teleqna legalbench pubmedqa, the
 #   quickest first: PubMedQA's abstracts make its prompts four times as long)
@@ -27,46 +26,7 @@ cargo build --release --quiet
 mkdir -p "$out/data"
 
 # The pools and held-out sets (written once; a second run checks they are the same bytes).
-python3 - "$data" "$out/data" "${tasks[@]}" <<'PY'
-import json, random, sys, os
-data, dest, tasks = sys.argv[1], sys.argv[2], sys.argv[3:]
-def read(path):
-    with open(os.path.join(data, path)) as f:
-        return [json.loads(l) for l in f if l.strip()]
-def shuffled(items):
-    items = list(items)
-    random.Random(0).shuffle(items)
-    return items
-splits = {}
-for t in tasks:
-    if t == "pubmedqa":
-        items = read("medicine/pubmedqa_pqal.jsonl")
-        pool = [x for x in items if x["meta"]["split"] == "train"]
-        held = shuffled(x for x in items if x["meta"]["split"] == "test")[:300]
-    elif t == "legalbench":
-        items = shuffled(read("law/legalbench.jsonl"))
-        held, pool = items[:300], items[300:1100]
-    elif t == "teleqna":
-        items = shuffled(x for x in read("telecom/teleqna.jsonl")
-                         if not x["meta"].get("answer_text_mismatch"))
-        held, pool = items[:300], items[300:1100]
-    elif t == "oran_easy":
-        items = shuffled(x for x in read("telecom/oran_bench.jsonl")
-                         if x["meta"]["difficulty"] == "easy")
-        held, pool = items[:300], items[300:1100]
-    else:
-        sys.exit(f"unknown task {t}: expected pubmedqa, legalbench, teleqna or oran_easy")
-    for name, part in (("pool", pool), ("eval", held)):
-        text = "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in part)
-        path = os.path.join(dest, f"{t}_{name}.jsonl")
-        if os.path.exists(path):
-            if open(path).read() != text:
-                sys.exit(f"{path} holds another split; move it away to cut it again")
-        else:
-            with open(path + ".tmp", "w") as f:
-                f.write(text)
-            os.replace(path + ".tmp", path)
-PY
+python3 scripts/study_split.py "$data" "$out/data" "${tasks[@]}"
 
 for t in "${tasks[@]}"; do
   cfg="$out/$t.toml"

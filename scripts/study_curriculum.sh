@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Does the curriculum help on real data? One `edco compare` study per task and method: every
+# curriculum strategy (edco, random, perplexity, length, entropy; ARMS overrides) with five
+# seeds (SEEDS overrides), SmolLM2-135M-Instruct with LoRA on the CPU, at one budget: 4 rounds,
+# each of 128 samples in 16 SFT steps of 8, or of 32 prompts in 8 GRPO steps of 4 prompts x 8
+# completions, selected from a pool of 800 (PubMedQA: 500); held-out accuracy on 300 items
+# before and after every round. The study goes under OUT/TASK-METHOD; run the same command again after a stop and it
+# finishes what is missing. The pools and held-out sets are scripts/study_split.py's.
+#
+# Usage: scripts/study_curriculum.sh DATA TASK sft|grpo [OUT]
+#   (TASK: oran_easy, teleqna, legalbench or pubmedqa; default OUT: target/study)
+#   ARMS=edco,random SEEDS=3 scripts/study_curriculum.sh ...   (fewer arms or seeds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+usage="usage: scripts/study_curriculum.sh DATA TASK sft|grpo [OUT]"
+data=${1:?$usage}
+task=${2:?$usage}
+method=${3:?$usage}
+out=${4:-target/study}
+arms=${ARMS:-edco,random,perplexity,length,entropy}
+seeds=${SEEDS:-5}
+
+scripts/fetch_assets.sh smollm2 >&2
+model="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+cargo build --release --quiet
+mkdir -p "$out/data"
+python3 scripts/study_split.py "$data" "$out/data" "$task"
+
+case "$method" in
+  sft) select=128 train='[sft]
+learning_rate = 1e-4
+min_learning_rate = 1e-5
+warmup_steps = 2
+batch_size = 8' ;;
+  grpo) select=32 train='[grpo]
+num_generations = 8
+prompts_per_step = 4
+steps_per_round = 8
+max_completion_length = 16
+temperature = 1.0
+learning_rate = 1e-5
+min_learning_rate = 1e-5
+schedule = "constant"
+beta = 0.0' ;;
+  *) echo "$usage" >&2; exit 2 ;;
+esac
+
+name="$task-$method"
+cfg="$out/$name.toml"
+cat > "$cfg.tmp" <<EOF
+# Curriculum study of $task with $method (scripts/study_curriculum.sh).
+method = "$method"
+[model]
+source = "$model"
+finetune = "lora"
+lora = { r = 16, alpha = 32.0, dropout = 0.0 }
+[data]
+train = "$out/data/${task}_pool.jsonl"
+eval = "$out/data/${task}_eval.jsonl"
+max_length = 1024
+[entropy]
+prefix_tokens = 16
+batch_size = 32
+[curriculum]
+strategy = "edco"
+rounds = 4
+select_n = $select
+rescore_fraction = 0.3
+$train
+[eval]
+max_new_tokens = 8
+loss = false
+[run]
+output_dir = "$out/$name/run"
+keep_last = 1
+EOF
+if [ -f "$cfg" ] && ! cmp -s "$cfg" "$cfg.tmp"; then
+  echo "$cfg: differs from this study's config; move it away to begin the study again" >&2
+  rm -f "$cfg.tmp"
+  exit 1
+fi
+mv "$cfg.tmp" "$cfg"
+target/release/edco compare --config "$cfg" --arm "$arms" --seeds "$seeds" --out "$out/$name"
