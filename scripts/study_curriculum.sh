@@ -3,20 +3,31 @@
 # curriculum strategy (edco, random, perplexity, length, entropy; ARMS overrides) with five
 # seeds (SEEDS overrides), SmolLM2-135M-Instruct with LoRA on the CPU, at one budget: 4 rounds,
 # each of 128 samples in 16 SFT steps of 8, or of 32 prompts in 8 GRPO steps of 4 prompts x 8
-# completions, selected from a pool of 800 (PubMedQA: 500); held-out accuracy on 300 items
-# before and after every round. The study goes under OUT/TASK-METHOD; run the same command again after a stop and it
+# completions, selected from a pool of 800 (PubMedQA: 500, ORAN-Bench easy: 789); held-out
+# accuracy on 300 items before and after every round (answers of up to 16 tokens, as long as
+# GRPO's completions). edco re-scores the whole pool every round, the method as EDCO states it.
+# The arms match in rounds, samples and steps, not in tokens (`length` trains on the shortest);
+# the report gives the tokens. The study goes under OUT/TASK-METHOD; run the same command again after a stop and it
 # finishes what is missing. The pools and held-out sets are scripts/study_split.py's.
 #
 # Usage: scripts/study_curriculum.sh DATA TASK sft|grpo [OUT]
 #   (TASK: oran_easy, teleqna, legalbench or pubmedqa; default OUT: target/study)
 #   ARMS=edco,random SEEDS=3 scripts/study_curriculum.sh ...   (fewer arms or seeds)
 set -euo pipefail
-cd "$(dirname "$0")/.."
 usage="usage: scripts/study_curriculum.sh DATA TASK sft|grpo [OUT]"
-data=${1:?$usage}
-task=${2:?$usage}
-method=${3:?$usage}
-out=${4:-target/study}
+[ $# -ge 3 ] || { echo "$usage" >&2; exit 2; }
+# Absolute paths, taken from where the script is run, so that a rerun writes the same config.
+data=$(cd -- "$1" && pwd)
+task=$2
+method=$3
+out=${4:+$(realpath -m -- "$4")}
+cd "$(dirname "$0")/.."
+out=${out:-$PWD/target/study}
+case "$task" in
+  oran_easy|teleqna|legalbench|pubmedqa) ;;
+  *) echo "unknown task $task; $usage" >&2; exit 2 ;;
+esac
+case "$method" in sft|grpo) ;; *) echo "$usage" >&2; exit 2 ;; esac
 arms=${ARMS:-edco,random,perplexity,length,entropy}
 seeds=${SEEDS:-5}
 
@@ -45,7 +56,8 @@ beta = 0.0' ;;
   *) echo "$usage" >&2; exit 2 ;;
 esac
 
-name="$task-$method"
+# Other arms or seeds are another study, in another folder.
+name="$task-$method${ARMS:+-${arms//[,:=]/_}}${SEEDS:+-seeds${seeds//,/_}}"
 cfg="$out/$name.toml"
 cat > "$cfg.tmp" <<EOF
 # Curriculum study of $task with $method (scripts/study_curriculum.sh).
@@ -65,17 +77,16 @@ batch_size = 32
 strategy = "edco"
 rounds = 4
 select_n = $select
-rescore_fraction = 0.3
+rescore_fraction = 1.0
 $train
 [eval]
-max_new_tokens = 8
+max_new_tokens = 16
 loss = false
 [run]
-output_dir = "$out/$name/run"
 keep_last = 1
 EOF
 if [ -f "$cfg" ] && ! cmp -s "$cfg" "$cfg.tmp"; then
-  echo "$cfg: differs from this study's config; move it away to begin the study again" >&2
+  echo "$cfg: differs from this study's config; use another OUT, or move $cfg and $out/$name away" >&2
   rm -f "$cfg.tmp"
   exit 1
 fi

@@ -13,12 +13,22 @@
 #   (default OUT: target/study/learnability; tasks: oran_easy teleqna legalbench pubmedqa, the
 #   quickest first: PubMedQA's abstracts make its prompts four times as long)
 set -euo pipefail
+usage="usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]"
+[ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
+# Absolute paths, taken from where the script is run, so that a rerun writes the same config.
+data=$(cd -- "$1" && pwd)
+out=${2:+$(realpath -m -- "$2")}
 cd "$(dirname "$0")/.."
-data=${1:?usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]}
-out=${2:-target/study/learnability}
+out=${out:-$PWD/target/study/learnability}
 shift $(($# < 2 ? $# : 2))
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(oran_easy teleqna legalbench pubmedqa)
+for t in "${tasks[@]}"; do
+  case "$t" in
+    oran_easy|teleqna|legalbench|pubmedqa) ;;
+    *) echo "unknown task $t; $usage" >&2; exit 2 ;;
+  esac
+done
 
 scripts/fetch_assets.sh smollm2 >&2
 model="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -51,14 +61,13 @@ min_learning_rate = 1e-5
 warmup_steps = 4
 batch_size = 8
 [eval]
-max_new_tokens = 8
+max_new_tokens = 16
 loss = false
 [run]
-output_dir = "$out/$t/run"
 keep_last = 1
 EOF
   if [ -f "$cfg" ] && ! cmp -s "$cfg" "$cfg.tmp"; then
-    echo "$cfg: differs from the scan's config; move it away to start $t again" >&2
+    echo "$cfg: differs from the scan's config; use another OUT, or move $cfg and $out/$t away" >&2
     rm -f "$cfg.tmp"
     exit 1
   fi
@@ -67,11 +76,14 @@ EOF
   target/release/edco compare --config "$cfg" --arm random --seeds 1 --out "$out/$t" >&2
 done
 
-python3 - "$out" "${tasks[@]}" <<'PY'
-import json, sys
-out, tasks = sys.argv[1], sys.argv[2:]
+# The table of every task scanned into OUT so far.
+python3 - "$out" <<'PY'
+import json, os, sys
+out = sys.argv[1]
 rows = []
-for t in tasks:
+for t in ["oran_easy", "teleqna", "legalbench", "pubmedqa"]:
+    if not os.path.exists(f"{out}/{t}/report.json"):
+        continue
     arm = json.load(open(f"{out}/{t}/report.json"))["arms"][0]
     run = arm["runs"][0]
     pool = sum(1 for _ in open(f"{out}/data/{t}_pool.jsonl"))
@@ -80,7 +92,11 @@ for t in tasks:
                  "tokens": run["tokens"], "accuracy": run["accuracy"],
                  "option_accuracy": run["option_accuracy"],
                  "train_seconds": sum(run["train_seconds"])})
-json.dump(rows, open(f"{out}/learnability.json", "w"), indent=1)
+def write(path, text):
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+write(f"{out}/learnability.json", json.dumps(rows, indent=1) + "\n")
 pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}"
 lines = ["| task | pool | held out | greedy accuracy, before -> after each round (%) "
          "| option likelihood, before -> after (%) | steps | training s |",
@@ -90,6 +106,6 @@ for r in rows:
     option = f'{pct(r["option_accuracy"][0])} -> {pct(r["option_accuracy"][-1])}'
     lines.append(f'| {r["task"]} | {r["pool"]} | {r["eval"]} | {greedy} | {option} '
                  f'| {r["steps"]} | {r["train_seconds"]:.0f} |')
-open(f"{out}/learnability.md", "w").write("\n".join(lines) + "\n")
+write(f"{out}/learnability.md", "\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
