@@ -249,18 +249,16 @@ fn revisions(home: &Path) {
     assert!(e.contains("is a path on this machine"), "{e}");
 }
 
-/// A run on a hub id records the commit it trained on (in fingerprint.json and the adapters'
-/// config); after the branch moves, a resume goes on with that commit, and one that names the
-/// new commit is refused, saying which the run started with.
-#[test]
-fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
-    use crate::train::{config_text, edco_under};
+/// A hub cache (in a new HF_HOME) holding `edco/NAME` at two commits, `first` (a tiny Qwen3) on
+/// `main` and `moved` (a tiny Llama 3); returns the home, the repository's folder, and the shell
+/// prelude that points edco at the cache, offline.
+fn moving_repo(
+    name: &str,
+    first: &str,
+    moved: &str,
+) -> (tempfile::TempDir, std::path::PathBuf, String) {
     let home = tempfile::tempdir().unwrap();
-    let repo = home.path().join("hub/models--edco--moving");
-    let (first, moved) = (
-        "1111111111111111111111111111111111111111",
-        "2222222222222222222222222222222222222222",
-    );
+    let repo = home.path().join(format!("hub/models--edco--{name}"));
     for (commit, fixture) in [(first, "tiny-qwen3"), (moved, "tiny-llama3")] {
         let snapshot = repo.join("snapshots").join(commit);
         std::fs::create_dir_all(&snapshot).unwrap();
@@ -275,6 +273,20 @@ fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
         "export HF_HOME='{}' HF_HUB_OFFLINE=1",
         home.path().display()
     );
+    (home, repo, hub)
+}
+
+/// A run on a hub id records the commit it trained on (in fingerprint.json and the adapters'
+/// config); after the branch moves, a resume goes on with that commit, and one that names the
+/// new commit is refused, saying which the run started with.
+#[test]
+fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
+    use crate::train::{config_text, edco_under};
+    let (first, moved) = (
+        "1111111111111111111111111111111111111111",
+        "2222222222222222222222222222222222222222",
+    );
+    let (home, repo, hub) = moving_repo("moving", first, moved);
     let dir = tempfile::tempdir().unwrap();
     let text = config_text(Path::new("edco/moving"), dir.path(), "keep_last = 10")
         .replace("rounds = 2", "rounds = 1");
@@ -349,26 +361,11 @@ fn a_run_on_a_hub_id_records_and_resumes_on_its_commit() {
 #[test]
 fn a_study_on_a_hub_id_reads_one_commit_in_every_run() {
     use crate::train::{config_text, edco_under};
-    let home = tempfile::tempdir().unwrap();
-    let repo = home.path().join("hub/models--edco--study");
     let (first, moved) = (
         "4444444444444444444444444444444444444444",
         "5555555555555555555555555555555555555555",
     );
-    for (commit, fixture) in [(first, "tiny-qwen3"), (moved, "tiny-llama3")] {
-        let snapshot = repo.join("snapshots").join(commit);
-        std::fs::create_dir_all(&snapshot).unwrap();
-        copy_files(
-            crate::common::fixture_with_tokenizer(fixture).path(),
-            &snapshot,
-        );
-    }
-    std::fs::create_dir_all(repo.join("refs")).unwrap();
-    std::fs::write(repo.join("refs/main"), first).unwrap();
-    let hub = format!(
-        "export HF_HOME='{}' HF_HUB_OFFLINE=1",
-        home.path().display()
-    );
+    let (_home, repo, hub) = moving_repo("study", first, moved);
     let dir = tempfile::tempdir().unwrap();
     let text =
         config_text(Path::new("edco/study"), dir.path(), "").replace("rounds = 2", "rounds = 1");
