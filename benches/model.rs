@@ -177,6 +177,7 @@ fn bench() -> Result<()> {
                 eos_token_ids: vec![],
                 pad_id: m.tokenizer.pad_id(),
                 keep_log_probs: false,
+                keep_first_log_probs: false,
                 samples_per_prompt: 1,
             };
             for _ in 0..args.warmup {
@@ -224,6 +225,7 @@ fn bench() -> Result<()> {
                 eos_token_ids: vec![],
                 pad_id: m.tokenizer.pad_id(),
                 keep_log_probs: false,
+                keep_first_log_probs: false,
                 samples_per_prompt: 1,
             };
             let run = || generate(&m.model, &prompts, &opts);

@@ -193,6 +193,7 @@ fn generated(
         eos_token_ids: eos_token_ids.to_vec(),
         pad_id: tok.pad_id(),
         keep_log_probs: false,
+        keep_first_log_probs: false,
         samples_per_prompt: cfg.samples_per_prompt,
     };
     let mut order: Vec<usize> = (0..samples.len()).collect();

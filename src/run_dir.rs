@@ -25,7 +25,7 @@ fn started(dir: &Path) -> bool {
 }
 
 /// What a run makes in its directory before its config: the folders (empty) and the lock.
-const SKELETON: [&str; 4] = ["curriculum", "scores", "plots", ".lock"];
+const SKELETON: [&str; 5] = ["curriculum", "scores", "eval", "plots", ".lock"];
 
 /// Whether `dir` holds nothing but what a run makes before it starts (or nothing at all).
 fn holds_only_skeleton(dir: &Path) -> Result<bool> {
@@ -138,7 +138,7 @@ impl RunDir {
     /// moves damaged checkpoints aside (kept, named `damaged_...`), so rotation never keeps one
     /// over a good checkpoint.
     pub fn open(&self) -> Result<std::fs::File> {
-        for sub in ["curriculum", "scores", "plots"] {
+        for sub in &SKELETON[..4] {
             let d = self.path.join(sub);
             std::fs::create_dir_all(&d).with_context(|| {
                 format!(
@@ -191,7 +191,7 @@ impl RunDir {
         Metrics::open(&self.path.join("metrics.jsonl"), keep_lines)
     }
 
-    /// Writes a round's file (`scores` or `curriculum`) of one JSON line per sample.
+    /// Writes a round's file (`scores`, `curriculum` or `eval`) of one JSON line per sample.
     pub fn write_round(&self, kind: &str, round: usize, lines: &[serde_json::Value]) -> Result<()> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         write_atomic(

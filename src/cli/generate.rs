@@ -126,6 +126,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         eos_token_ids: loaded.eos_token_ids.clone(),
         pad_id: tok.pad_id(),
         keep_log_probs: false,
+        keep_first_log_probs: false,
         samples_per_prompt: 1,
     };
     let mut stdout = std::io::stdout().lock();

@@ -321,6 +321,7 @@ mod tests {
                 eos_token_ids: (0..vocab / 5).collect(),
                 pad_id: 0,
                 keep_log_probs: false,
+                keep_first_log_probs: false,
                 samples_per_prompt: 2,
             };
             let masked = generate(&model, &prompts, &opts).unwrap();
@@ -416,6 +417,7 @@ mod tests {
             eos_token_ids: (0..vocab / 8).collect(),
             pad_id: 0,
             keep_log_probs: true,
+            keep_first_log_probs: false,
             samples_per_prompt: 2,
         };
         let gens = generate(&model, &prompts, &opts).unwrap();

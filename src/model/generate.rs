@@ -18,6 +18,10 @@ pub struct GenerateOptions {
     pub pad_id: u32,
     /// Also return the full log-softmax at every generated position (memory: V floats each).
     pub keep_log_probs: bool,
+    /// Only the first of them: the next-token distribution right after the prompt (a
+    /// multiple-choice letter's likelihood is read from it), V floats per row. Implied by
+    /// `keep_log_probs`.
+    pub keep_first_log_probs: bool,
     /// Completions per prompt; they share the prompt's prefill and KV cache prefix.
     pub samples_per_prompt: usize,
 }
@@ -42,6 +46,8 @@ pub struct Generation {
     /// Whether it stopped because the model's logits were not finite (NaN or +inf) at its last
     /// position; callers refuse such a result ([`Generation::check`]).
     pub non_finite: bool,
+    /// The full log-softmax per generated position (`keep_log_probs`), or of the first only
+    /// (`keep_first_log_probs`).
     pub log_probs: Option<Vec<Vec<f32>>>,
 }
 
@@ -119,7 +125,7 @@ pub fn generate_with_progress(
     if let Some(p) = prompts.iter().position(|p| p.ids.is_empty()) {
         candle_core::bail!("prompt {p} is empty");
     }
-    if opts.keep_log_probs {
+    if opts.keep_log_probs || opts.keep_first_log_probs {
         out.iter_mut().for_each(|g| g.log_probs = Some(Vec::new()));
     }
     let context = model.config.max_position_embeddings;
@@ -166,6 +172,7 @@ pub fn generate_with_progress(
     }
 
     for step in 0..max_new_tokens {
+        let keep_full = opts.keep_log_probs || (opts.keep_first_log_probs && step == 0);
         let rows_logits: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
         let picks: Vec<(u32, f32, f32, Option<Vec<f32>>)> = rows_logits
             .into_par_iter()
@@ -174,9 +181,7 @@ pub fn generate_with_progress(
                 let stats = row_stats(&row);
                 let token = sample(&row, opts.sampling, rng);
                 let lp = row[token as usize] - stats.log_z;
-                let full = opts
-                    .keep_log_probs
-                    .then(|| row.iter().map(|x| x - stats.log_z).collect());
+                let full = keep_full.then(|| row.iter().map(|x| x - stats.log_z).collect());
                 (token, stats.entropy, lp, full)
             })
             .collect();

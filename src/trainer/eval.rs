@@ -27,6 +27,22 @@ pub struct EvalReport {
     /// Mean NLL per response token of the reference responses.
     pub loss: Option<f64>,
     pub seconds: f64,
+    /// Each evaluated sample's result, in the order evaluated (the run writes them to
+    /// `eval/round_NNN.jsonl`; the round line keeps only the totals).
+    #[serde(skip)]
+    pub items: Vec<ItemResult>,
+}
+
+/// One held-out sample's result: the greedy reply and whether the rule found it right, the
+/// option whose letter was the most likely first answer token and whether it is the answer.
+/// A check that does not apply to the sample (no verifiable answer, no options) leaves `None`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ItemResult {
+    pub id: String,
+    pub reply: Option<String>,
+    pub correct: Option<bool>,
+    pub option: Option<String>,
+    pub option_correct: Option<bool>,
 }
 
 /// `n` of `samples` spread evenly over the file (a file grouped by domain keeps its mix).
@@ -58,17 +74,26 @@ impl Evaluator<'_> {
         };
         let mut report = EvalReport {
             samples: samples.len(),
+            items: samples
+                .iter()
+                .map(|s| ItemResult {
+                    id: s.id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         if samples.is_empty() {
             return Ok(report);
         }
         if cfg.generate {
-            report.accuracy = self.generation_accuracy(samples, cfg)?;
+            self.generate_answers(samples, cfg, &mut report.items)?;
         }
         if cfg.option_likelihood {
-            report.option_accuracy = self.option_accuracy(samples, cfg.batch_size)?;
+            self.pick_options(samples, cfg.batch_size, &mut report.items)?;
         }
+        report.accuracy = share(&report.items, |i| i.correct);
+        report.option_accuracy = share(&report.items, |i| i.option_correct);
         if cfg.loss {
             let with_response: Vec<Sample> = samples
                 .iter()
@@ -108,56 +133,73 @@ impl Evaluator<'_> {
         Ok(ids)
     }
 
-    fn generation_accuracy(&self, samples: &[Sample], cfg: &EvalSection) -> Result<Option<f64>> {
-        let gradable: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| check(self.answer_check, s, "").is_some())
+    /// The greedy reply of every sample with a verifiable answer, and whether it is right,
+    /// into `items` (one per sample). With option likelihood on, a multiple-choice sample's
+    /// option is read from the same pass: the first generated position's distribution is the
+    /// one after the prompt, so the prompt goes through the model once for both.
+    fn generate_answers(
+        &self,
+        samples: &[Sample],
+        cfg: &EvalSection,
+        items: &mut [ItemResult],
+    ) -> Result<()> {
+        let gradable: Vec<usize> = (0..samples.len())
+            .filter(|&i| check(self.answer_check, &samples[i], "").is_some())
             .collect();
-        if gradable.is_empty() {
-            return Ok(None);
-        }
+        let prompts = gradable
+            .iter()
+            .map(|&i| self.prompt_ids(&samples[i], cfg.max_new_tokens))
+            .collect::<Result<Vec<_>>>()?;
         let opts = GenerateOptions {
             max_new_tokens: cfg.max_new_tokens,
             sampling: Sampling::Greedy,
             eos_token_ids: self.eos_token_ids.to_vec(),
             pad_id: self.tok.pad_id(),
             keep_log_probs: false,
+            keep_first_log_probs: cfg.option_likelihood,
             samples_per_prompt: 1,
         };
-        let mut correct = 0;
-        for chunk in gradable.chunks(cfg.batch_size.max(1)) {
-            let prompts = chunk
+        for chunk in by_length(&prompts).chunks(cfg.batch_size.max(1)) {
+            let batch: Vec<Prompt> = chunk
                 .iter()
-                .map(|s| {
-                    Ok(Prompt {
-                        ids: self.prompt_ids(s, cfg.max_new_tokens)?,
-                        seed: 0,
-                    })
+                .map(|&k| Prompt {
+                    ids: prompts[k].clone(),
+                    seed: 0,
                 })
-                .collect::<Result<Vec<_>>>()?;
-            for (s, g) in chunk.iter().zip(generate(self.model, &prompts, &opts)?) {
+                .collect();
+            for (&k, g) in chunk.iter().zip(generate(self.model, &batch, &opts)?) {
+                let (s, item) = (&samples[gradable[k]], &mut items[gradable[k]]);
                 g.check(format_args!("eval sample `{}`", s.id))?;
                 let reply = self.tok.decode(&g.tokens, true)?;
-                correct += usize::from(check(self.answer_check, s, &reply) == Some(true));
+                item.correct = Some(check(self.answer_check, s, &reply) == Some(true));
+                item.reply = Some(reply);
+                if let Some(first) = g.log_probs.as_ref().and_then(|l| l.first())
+                    && is_multiple_choice(s)
+                {
+                    self.pick_option(s, first, item)?;
+                }
             }
         }
-        Ok(Some(correct as f64 / gradable.len() as f64))
+        Ok(())
     }
 
-    fn option_accuracy(&self, samples: &[Sample], batch_size: usize) -> Result<Option<f64>> {
-        let mcq: Vec<&Sample> = samples
-            .iter()
-            .filter(|s| s.options.is_some() && s.answer.is_some())
+    /// Of every multiple-choice sample whose option the generation did not read, the option
+    /// whose letter is the most likely first answer token, into `items` (one per sample).
+    fn pick_options(
+        &self,
+        samples: &[Sample],
+        batch_size: usize,
+        items: &mut [ItemResult],
+    ) -> Result<()> {
+        let todo: Vec<usize> = (0..samples.len())
+            .filter(|&i| is_multiple_choice(&samples[i]) && items[i].option_correct.is_none())
             .collect();
-        if mcq.is_empty() {
-            return Ok(None);
-        }
-        let mut correct = 0;
-        for chunk in mcq.chunks(batch_size.max(1)) {
-            let rows = chunk
-                .iter()
-                .map(|s| self.prompt_ids(s, 0))
-                .collect::<Result<Vec<_>>>()?;
+        let prompts = todo
+            .iter()
+            .map(|&i| self.prompt_ids(&samples[i], 0))
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in by_length(&prompts).chunks(batch_size.max(1)) {
+            let rows: Vec<Vec<u32>> = chunk.iter().map(|&k| prompts[k].clone()).collect();
             let batch = Batch::left_padded(&rows, self.tok.pad_id(), self.model.device())?;
             let t = batch.ids.dim(1)?;
             let hidden = self.model.hidden_states(&batch, Mode::Eval)?;
@@ -166,21 +208,49 @@ impl Evaluator<'_> {
                 .logits(&hidden.i((.., t - 1, ..))?)?
                 .to_dtype(DType::F32)?;
             let logp: Vec<Vec<f32>> = candle_nn::ops::log_softmax(&logits, D::Minus1)?.to_vec2()?;
-            for (s, lp) in chunk.iter().zip(&logp) {
-                let mut best: Option<(&str, f32)> = None;
-                for letter in s.options.as_ref().into_iter().flat_map(|o| o.keys()) {
-                    let Some(&id) = self.tok.encode(letter, false)?.first() else {
-                        continue;
-                    };
-                    if best.is_none_or(|(_, b)| lp[id as usize] > b) {
-                        best = Some((letter.as_str(), lp[id as usize]));
-                    }
-                }
-                correct += usize::from(best.map(|b| b.0) == s.answer.as_deref());
+            for (&k, lp) in chunk.iter().zip(&logp) {
+                self.pick_option(&samples[todo[k]], lp, &mut items[todo[k]])?;
             }
         }
-        Ok(Some(correct as f64 / mcq.len() as f64))
+        Ok(())
     }
+
+    /// The option of `s` whose letter's first token is the most likely under `log_probs`.
+    fn pick_option(&self, s: &Sample, log_probs: &[f32], item: &mut ItemResult) -> Result<()> {
+        let mut best: Option<(&str, f32)> = None;
+        for letter in s.options.as_ref().into_iter().flat_map(|o| o.keys()) {
+            let Some(&id) = self.tok.encode(letter, false)?.first() else {
+                continue;
+            };
+            let Some(&lp) = log_probs.get(id as usize) else {
+                continue;
+            };
+            if best.is_none_or(|(_, b)| lp > b) {
+                best = Some((letter.as_str(), lp));
+            }
+        }
+        item.option = best.map(|b| b.0.to_string());
+        item.option_correct = Some(best.map(|b| b.0) == s.answer.as_deref());
+        Ok(())
+    }
+}
+
+fn is_multiple_choice(s: &Sample) -> bool {
+    s.options.is_some() && s.answer.is_some()
+}
+
+/// Indices of `prompts`, shortest first, so that a batch pads its rows little.
+fn by_length(prompts: &[Vec<u32>]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    order.sort_by_key(|&k| prompts[k].len());
+    order
+}
+
+/// The share of `true` among the items a check applied to (`None` where it applied to none).
+fn share(items: &[ItemResult], result: impl Fn(&ItemResult) -> Option<bool>) -> Option<f64> {
+    let checked: Vec<bool> = items.iter().filter_map(result).collect();
+    let right = checked.iter().filter(|&&r| r).count();
+    (!checked.is_empty()).then(|| right as f64 / checked.len() as f64)
 }
 
 #[cfg(test)]

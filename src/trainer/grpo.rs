@@ -100,6 +100,7 @@ pub fn rollout(
         eos_token_ids: eos_token_ids.to_vec(),
         pad_id: p.pad_id,
         keep_log_probs: false,
+        keep_first_log_probs: false,
         samples_per_prompt: p.num_generations,
     };
     let gens = generate(model, prompts, &opts)?;

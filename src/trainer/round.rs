@@ -77,6 +77,7 @@ impl Rounds<'_> {
         }
         if !self.eval.is_empty() {
             let r = self.evaluator().run(self.eval, &cfg.eval)?;
+            self.write_eval(0, &r)?;
             eprintln!("eval before training: {}", serde_json::to_string(&r)?);
             metrics.log(json!({"kind": "eval", "round": 0, "eval": eval_json(&r)}))?;
         }
@@ -306,6 +307,9 @@ impl Rounds<'_> {
                 .run(self.eval, &self.cfg.eval)
                 .map_err(|e| self.if_diverged(e, state.global_step, round))?
         };
+        if !self.eval.is_empty() {
+            self.write_eval(round, &report)?;
+        }
         let new = state.picks.iter().filter(|p| !p.seen).count();
         metrics.log(json!({
             "kind": "round", "round": round, "selected": state.picks.len(), "new": new,
@@ -322,6 +326,16 @@ impl Rounds<'_> {
         state.picks.clear();
         self.save(state, metrics, opt)?;
         Ok(())
+    }
+
+    /// Each held-out sample's result of the evaluation after `round` (0: before training).
+    fn write_eval(&self, round: usize, report: &EvalReport) -> Result<()> {
+        let lines: Vec<serde_json::Value> = report
+            .items
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<serde_json::Result<_>>()?;
+        self.run_dir.write_round("eval", round, &lines)
     }
 
     /// A checkpoint of the run as it stands. It records how many metrics lines belong to it, so

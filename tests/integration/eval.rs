@@ -42,6 +42,7 @@ fn eval_accuracy_and_loss_match_answers_worked_out_one_by_one() {
             eos_token_ids: m.eos_token_ids.clone(),
             pad_id: tok.pad_id(),
             keep_log_probs: false,
+            keep_first_log_probs: false,
             samples_per_prompt: 1,
         };
         let g = generate(

@@ -56,6 +56,7 @@ fn opts(max_new_tokens: usize) -> GenerateOptions {
         eos_token_ids: vec![],
         pad_id: 0,
         keep_log_probs: false,
+        keep_first_log_probs: false,
         samples_per_prompt: 1,
     }
 }

@@ -286,6 +286,7 @@ fn greedy_generation_entropies_match_transformers() {
             eos_token_ids: vec![],
             pad_id: 0,
             keep_log_probs: false,
+            keep_first_log_probs: false,
             samples_per_prompt: 1,
         };
         // All three in one left-padded batch: padding must not change anything either.

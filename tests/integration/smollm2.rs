@@ -27,6 +27,7 @@ fn smollm2_gguf_answers_the_france_prompt() {
         eos_token_ids: m.eos_token_ids.clone(),
         pad_id: m.tokenizer.pad_id(),
         keep_log_probs: false,
+        keep_first_log_probs: false,
         samples_per_prompt: 1,
     };
     let g = generate(&m.model, &[Prompt { ids, seed: 0 }], &opts).unwrap();

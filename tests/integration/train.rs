@@ -105,6 +105,31 @@ fn sft_run_writes_the_run_directory() {
         );
         assert_eq!(r["pool_scores"]["count"], 16);
     }
+    // Each held-out sample's result, before training and after each round, adds up to the
+    // accuracies of the metrics.
+    let evals = m
+        .iter()
+        .filter(|l| l["kind"] == "eval" || l["kind"] == "round");
+    for (round, l) in evals.enumerate() {
+        let items = lines(&run.join(format!("eval/round_{round:03}.jsonl")));
+        assert_eq!(items.len(), 6, "round {round}");
+        for (key, total) in [
+            ("correct", "accuracy"),
+            ("option_correct", "option_accuracy"),
+        ] {
+            let right = items.iter().filter(|i| i[key] == true).count();
+            let want = l["eval"][total].as_f64().unwrap();
+            assert!(
+                (right as f64 / 6.0 - want).abs() < 1e-12,
+                "{key} round {round}"
+            );
+        }
+        assert!(
+            items
+                .iter()
+                .all(|i| i["reply"].is_string() && i["option"].is_string())
+        );
+    }
     // The edco curriculum keeps the 4 highest-entropy samples of the round's scores.
     let scores = lines(&run.join("scores/round_001.jsonl"));
     assert_eq!(scores.len(), 16);
