@@ -13,6 +13,7 @@ use crate::run_dir::read_metrics;
 use crate::{plot, stats};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// One arm: a name and the settings it overrides in the study's config.
@@ -249,7 +250,13 @@ fn claim(study: &Study, out: &Path) -> Result<Option<String>> {
             .with_context(|| format!("reading {}", path.display()))?;
         let then: Record = serde_json::from_str(&text)
             .with_context(|| format!("{}: malformed", path.display()))?;
-        if then.study == *study && then.config_text != config_text {
+        // The same study is the same config text, arms, seeds and settings; the config may be
+        // named another way (`c.toml`, `./c.toml`, from another directory) or have moved.
+        let same = Study {
+            config: then.study.config.clone(),
+            ..study.clone()
+        } == then.study;
+        if same && then.config_text != config_text {
             bail!(
                 "{}: the config {} changed since the study began ({} keeps its text); restore \
                  it to finish the study, or choose a new --out",
@@ -258,7 +265,7 @@ fn claim(study: &Study, out: &Path) -> Result<Option<String>> {
                 path.display()
             );
         }
-        if then.study != *study {
+        if !same {
             bail!(
                 "{}: the study there was started with other arms, seeds or settings, or from \
                  config {} ({}); run it as it was to finish it, or choose a new --out for this \
@@ -368,13 +375,22 @@ fn same_data(study: &Study, out: &Path, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// Whether the run in `dir` saved the checkpoint of its last round (after logging it).
+/// Whether the run in `dir` finished: it saved the checkpoint of its last round (after logging
+/// it), or, where its checkpoints were removed (a finished study kept for its records, without
+/// the weights), its metrics log the last round.
 fn finished(dir: &Path, rounds: usize) -> bool {
-    crate::checkpoint::latest_intact(dir).is_ok_and(|(_, state, _)| state.next_round() > rounds)
+    if crate::checkpoint::checkpoints_dir(dir).exists() {
+        return crate::checkpoint::latest_intact(dir)
+            .is_ok_and(|(_, state, _)| state.next_round() > rounds);
+    }
+    read_metrics(dir).is_ok_and(|m| {
+        m.iter()
+            .any(|l| l["kind"] == "round" && l["round"].as_u64() == Some(rounds as u64))
+    })
 }
 
 /// One run as the report reads it from its `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct RunRecord {
     pub seed: u64,
     /// Held-out accuracy (greedy answer) before training (round 0) and after each round.
@@ -396,6 +412,10 @@ pub struct RunRecord {
     pub new: Vec<Option<f64>>,
     pub picked_score: Vec<Option<f64>>,
     pub pool_score: Vec<Option<f64>>,
+    /// Whether each held-out sample's greedy answer after the last round was right, by id (the
+    /// run's `eval/round_NNN.jsonl`; empty where the run has none).
+    #[serde(skip)]
+    pub final_items: BTreeMap<String, bool>,
 }
 
 impl RunRecord {
@@ -435,8 +455,22 @@ impl RunRecord {
                 (!scores.is_empty()).then(|| stats::mean(&scores))
             })
             .collect();
+        let final_items = rounds
+            .last()
+            .and_then(|l| l["round"].as_u64())
+            .and_then(|round| {
+                std::fs::read_to_string(dir.join(format!("eval/round_{round:03}.jsonl"))).ok()
+            })
+            .map(|text| {
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|l| Some((l["id"].as_str()?.to_string(), l["correct"].as_bool()?)))
+                    .collect()
+            })
+            .unwrap_or_default();
         Ok(Self {
             seed,
+            final_items,
             new: rounds.iter().map(|l| l["new"].as_f64()).collect(),
             picked_score,
             pool_score: rounds
@@ -483,6 +517,23 @@ pub struct Paired {
     pub n: usize,
 }
 
+/// An arm's difference to `random` in final accuracy (greedy answer) over the held-out samples
+/// both evaluated, with a 95% interval from a bootstrap that resamples the seeds and the
+/// held-out samples (each with replacement, [`RESAMPLES`] times). Where the seed-paired
+/// interval of [`Paired`] treats the held-out set as fixed, this one also counts that it is a
+/// sample: on 300 items one item is a third of a point.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Resampled {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+    pub seeds: usize,
+    pub items: usize,
+}
+
+/// Bootstrap resamples of [`Resampled`].
+pub const RESAMPLES: usize = 10_000;
+
 /// An arm's results over its seeds.
 #[derive(Debug, Clone, Serialize)]
 pub struct ArmReport {
@@ -494,6 +545,8 @@ pub struct ArmReport {
     /// Final accuracy minus random's, paired by seed (absent for random itself, or without it).
     pub vs_random: Option<Paired>,
     pub vs_random_option: Option<Paired>,
+    /// The same difference in final accuracy, with an interval over seeds and held-out items.
+    pub vs_random_items: Option<Resampled>,
     /// Per run: seconds scoring, training; optimizer steps; training tokens.
     pub score_seconds: Spread,
     pub train_seconds: Spread,
@@ -596,6 +649,9 @@ impl Report {
                     option_accuracy: per_round(|r| &r.option_accuracy),
                     vs_random: paired(|r| &r.accuracy),
                     vs_random_option: paired(|r| &r.option_accuracy),
+                    vs_random_items: random
+                        .filter(|&r| r != i)
+                        .and_then(|r| resampled_final(records, &runs[r])),
                     score_seconds: total(|r| r.score_seconds.iter().sum()),
                     train_seconds: total(|r| r.train_seconds.iter().sum()),
                     steps: total(|r| r.steps as f64),
@@ -721,6 +777,7 @@ impl Report {
             }
             md.push('\n');
         }
+        md.push_str(&self.resampled_table());
         md.push_str(
             "## Budget and time per run (mean over seeds)\n\n| arm | optimizer steps | training \
              tokens | scoring s | training s |\n|---|---:|---:|---:|---:|\n",
@@ -765,6 +822,37 @@ impl Report {
 }
 
 impl Report {
+    /// The final difference to random with the held-out set counted as a sample too.
+    fn resampled_table(&self) -> String {
+        let rows: Vec<(&str, Resampled)> = self
+            .arms
+            .iter()
+            .filter_map(|a| Some((a.name.as_str(), a.vs_random_items?)))
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut md = format!(
+            "## Final accuracy (greedy answer) against random, seeds and held-out samples \
+             resampled\n\nThe interval above treats the held-out set as fixed; this one also \
+             draws the held-out samples again ({RESAMPLES} bootstrap resamples of seeds and \
+             samples), so it answers for items like these, not only for these items.\n\n| arm | \
+             difference, points | 95% interval | seeds | samples |\n|---|---:|---|---:|---:|\n"
+        );
+        for (name, r) in rows {
+            md.push_str(&format!(
+                "| {name} | {:+.1} | [{:+.1}, {:+.1}] | {} | {} |\n",
+                100.0 * r.mean,
+                100.0 * r.low,
+                100.0 * r.high,
+                r.seeds,
+                r.items
+            ));
+        }
+        md.push('\n');
+        md
+    }
+
     /// What each arm selected, round by round: how many picks were new, and the mean score of
     /// the picks against the pool's (where the strategy scores).
     fn selection_table(&self) -> String {
@@ -827,6 +915,69 @@ fn paired_final(
     })
 }
 
+/// The final-round difference of `arm` to `base` in greedy accuracy, over the seeds both ran and
+/// the held-out samples every such pair evaluated, resampling seeds and samples (see
+/// [`Resampled`]). The bootstrap's stream is fixed, so a report computed again is the same.
+fn resampled_final(arm: &[RunRecord], base: &[RunRecord]) -> Option<Resampled> {
+    let pairs: Vec<(&RunRecord, &RunRecord)> = arm
+        .iter()
+        .filter_map(|r| Some((r, base.iter().find(|b| b.seed == r.seed)?)))
+        .filter(|(r, b)| !r.final_items.is_empty() && !b.final_items.is_empty())
+        .collect();
+    let (first, _) = pairs.first()?;
+    let ids: Vec<&String> = first
+        .final_items
+        .keys()
+        .filter(|id| {
+            pairs
+                .iter()
+                .all(|(r, b)| r.final_items.contains_key(*id) && b.final_items.contains_key(*id))
+        })
+        .collect();
+    if ids.is_empty() {
+        return None;
+    }
+    let right = |r: &RunRecord, id: &String| f64::from(u8::from(r.final_items[id]));
+    // d[s][i]: seed s's difference on sample i (-1, 0 or 1).
+    let d: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|(r, b)| ids.iter().map(|id| right(r, id) - right(b, id)).collect())
+        .collect();
+    let (seeds, items) = (d.len(), ids.len());
+    let cells = (seeds * items) as f64;
+    let mean = d.iter().flatten().sum::<f64>() / cells;
+    let mut stream = 0u64;
+    let mut draw = |n: usize| {
+        stream += 1;
+        ((u128::from(crate::seed::mix(&[0x0b00_75ed, stream])) * n as u128) >> 64) as usize
+    };
+    let mut means = Vec::with_capacity(RESAMPLES);
+    let mut weight = vec![0.0; seeds];
+    for _ in 0..RESAMPLES {
+        weight.fill(0.0);
+        for _ in 0..seeds {
+            weight[draw(seeds)] += 1.0;
+        }
+        let mut total = 0.0;
+        for _ in 0..items {
+            let i = draw(items);
+            total += d
+                .iter()
+                .zip(&weight)
+                .map(|(row, w)| w * row[i])
+                .sum::<f64>();
+        }
+        means.push(total / cells);
+    }
+    Some(Resampled {
+        mean,
+        low: stats::quantile(&means, 0.025),
+        high: stats::quantile(&means, 0.975),
+        seeds,
+        items,
+    })
+}
+
 /// Student's t quantile at 0.975 for `df` degrees of freedom (two-sided 95%).
 fn t_975(df: usize) -> f64 {
     const T: [f64; 30] = [
@@ -875,6 +1026,39 @@ mod tests {
     }
 
     #[test]
+    fn the_resampled_interval_counts_the_held_out_sample() {
+        // One seed, 400 items: the arm gets 240 right, random 200 (the same 200 and 40 more),
+        // so 40 items differ by one: a difference of 0.1 with a binomial standard error of
+        // sqrt(0.1 * 0.9 / 400) = 0.015, an interval of about 0.1 +- 0.029.
+        let run = |right: usize, seed: u64| RunRecord {
+            seed,
+            final_items: (0..400).map(|i| (format!("q{i}"), i < right)).collect(),
+            ..Default::default()
+        };
+        let r = resampled_final(&[run(240, 1)], &[run(200, 1)]).unwrap();
+        assert_eq!((r.seeds, r.items), (1, 400));
+        assert!((r.mean - 0.1).abs() < 1e-12);
+        assert!((r.low - (0.1 - 1.96 * 0.015)).abs() < 0.006, "{r:?}");
+        assert!((r.high - (0.1 + 1.96 * 0.015)).abs() < 0.006, "{r:?}");
+        // Seeds that disagree widen it: one seed +0.1, another -0.1, the mean 0.
+        let two =
+            resampled_final(&[run(240, 1), run(160, 2)], &[run(200, 1), run(200, 2)]).unwrap();
+        assert_eq!(two.seeds, 2);
+        assert!(
+            two.mean.abs() < 1e-12 && two.low < -0.05 && two.high > 0.05,
+            "{two:?}"
+        );
+        // Only the samples every pair evaluated count; runs without per-sample results, none.
+        let mut short = run(240, 1);
+        short.final_items.retain(|id, _| id != "q0" && id != "q1");
+        assert_eq!(
+            resampled_final(&[short], &[run(200, 1)]).unwrap().items,
+            398
+        );
+        assert!(resampled_final(&[RunRecord::default()], &[run(200, 0)]).is_none());
+    }
+
+    #[test]
     fn the_paired_interval_is_students() {
         let run = |seed, last| RunRecord {
             seed,
@@ -889,6 +1073,7 @@ mod tests {
             new: vec![Some(4.0)],
             picked_score: vec![None],
             pool_score: vec![None],
+            final_items: BTreeMap::new(),
         };
         let arm = [run(1, 0.5), run(2, 0.6), run(3, 0.4)];
         let base = [run(1, 0.4), run(2, 0.4), run(3, 0.4)];

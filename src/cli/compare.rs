@@ -40,12 +40,12 @@ pub fn run(a: CompareArgs) -> Result<()> {
             }
         }
     }
-    // One spelling of the config's path, so that the same study named from elsewhere (`c.toml`,
-    // `./c.toml`, another directory) is the same study.
-    let config = std::fs::canonicalize(&a.config)
+    // The path as given: a study is its config's text, wherever the config lies, so that a
+    // study directory holds no path of the machine it ran on unless one was typed.
+    std::fs::metadata(&a.config)
         .with_context(|| format!("reading config {}", a.config.display()))?;
     let study = Study {
-        config,
+        config: a.config,
         sets: a.overrides,
         arms,
         seeds: seeds(&a.seeds)?,

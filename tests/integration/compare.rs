@@ -95,6 +95,12 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
     let paired = &arms[0]["vs_random"];
     assert!((paired["mean"].as_f64().unwrap() - (d[0] + d[1]) / 2.0).abs() < 1e-12);
     assert!(arms[1]["vs_random"].is_null());
+    // Resampling seeds and held-out samples keeps the difference and widens its interval.
+    let items = &arms[0]["vs_random_items"];
+    assert_eq!(items["seeds"], 2);
+    assert_eq!(items["items"], 6);
+    assert!((items["mean"].as_f64().unwrap() - paired["mean"].as_f64().unwrap()).abs() < 1e-12);
+    assert!(items["low"].as_f64().unwrap() <= items["mean"].as_f64().unwrap());
     // What the curriculum selected: in round 1 every pick is new, and the mean score of the
     // picks is that of the scores in the runs' curriculum files.
     let picked = |seed: u64| {
@@ -159,6 +165,21 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
         assert_eq!(a["accuracy"], b["accuracy"], "{}", a["name"]);
         assert_eq!(a["steps"], b["steps"]);
     }
+    // Its checkpoints removed (a study kept for its records, without the weights), the
+    // finished study reruns nothing and reports the same; so with its config at another path
+    // (a study is its config's text).
+    for arm in ["edco", "random"] {
+        for seed in [1, 2] {
+            let run = parted.join(format!("runs/{arm}/seed-{seed}"));
+            std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+        }
+    }
+    let moved = dir.path().join("moved.toml");
+    std::fs::copy(&cfg, &moved).unwrap();
+    let err = ok(compare(&moved, &parted, &[]).output().unwrap());
+    assert!(err.contains("study: 4/4 random seed 2: done"), "{err}");
+    assert_eq!(std::fs::read(&first).unwrap(), kept);
+    assert_eq!(report(&parted)["arms"], again["arms"]);
     // Another study is not run into this one's directory.
     let o = compare(&cfg, &parted, &["--set", "curriculum.rounds=2"])
         .output()
