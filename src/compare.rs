@@ -416,6 +416,9 @@ pub struct RunRecord {
     /// run's `eval/round_NNN.jsonl`; empty where the run has none).
     #[serde(skip)]
     pub final_items: BTreeMap<String, bool>,
+    /// The machines its rounds were timed on (more than one: resumed elsewhere), as the round
+    /// lines name them; empty for runs from before they did.
+    pub machines: Vec<String>,
 }
 
 impl RunRecord {
@@ -468,9 +471,23 @@ impl RunRecord {
                     .collect()
             })
             .unwrap_or_default();
+        let mut machines: Vec<String> = Vec::new();
+        for l in &rounds {
+            let Some(machine) = l["machine"].as_str() else {
+                continue;
+            };
+            let on = match l["device"].as_str() {
+                Some(d) if d != "cpu" => format!("{machine}, {d}"),
+                _ => machine.to_string(),
+            };
+            if !machines.contains(&on) {
+                machines.push(on);
+            }
+        }
         Ok(Self {
             seed,
             final_items,
+            machines,
             new: rounds.iter().map(|l| l["new"].as_f64()).collect(),
             picked_score,
             pool_score: rounds
@@ -593,20 +610,43 @@ impl ArmReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub study: Study,
+    /// Runs finished, of the arms times seeds the study plans: the report is over the
+    /// finished ones (all of them once the study has run; fewer while it runs).
+    pub finished: usize,
+    pub planned: usize,
     pub arms: Vec<ArmReport>,
 }
 
+/// The report of the runs of the study in `out` finished so far, running nothing: what a study
+/// says while it runs, or after it was stopped. Written into `out` as [`run`] writes it.
+pub fn report_so_far(study: &Study, out: &Path) -> Result<Report> {
+    study.check()?;
+    if !out.join(STUDY).is_file() {
+        bail!(
+            "{}: not a study (no {STUDY}); `edco compare` without --report-only runs one there",
+            out.display()
+        );
+    }
+    claim(study, out)?;
+    let report = Report::of(study, out)?;
+    report.write(out)?;
+    Ok(report)
+}
+
 impl Report {
-    /// Reads every run of the study in `out` and computes the report.
+    /// Reads every finished run of the study in `out` and computes the report.
     pub fn of(study: &Study, out: &Path) -> Result<Self> {
         same_inputs(study, out)?;
         let mut runs = Vec::new();
         for arm in &study.arms {
-            let records = study
-                .seeds
-                .iter()
-                .map(|&s| RunRecord::read(&Study::run_dir(out, arm, s), s))
-                .collect::<Result<Vec<_>>>()?;
+            let mut records = Vec::new();
+            for &seed in &study.seeds {
+                let dir = Study::run_dir(out, arm, seed);
+                let rounds = study.config_of(arm, seed, &dir, None)?.curriculum.rounds;
+                if finished(&dir, rounds) {
+                    records.push(RunRecord::read(&dir, seed)?);
+                }
+            }
             runs.push(records);
         }
         let random = study.arms.iter().position(|a| a.name == "random");
@@ -667,6 +707,8 @@ impl Report {
             .collect();
         Ok(Self {
             study: study.clone(),
+            finished: runs.iter().map(Vec::len).sum(),
+            planned: study.arms.len() * study.seeds.len(),
             arms,
         })
     }
@@ -742,6 +784,13 @@ impl Report {
             self.study.seeds.len(),
             self.study.config.display()
         ));
+        if self.finished < self.planned {
+            md.push_str(&format!(
+                "**{} of {} runs finished**: a study in progress, reported over the seeds each \
+                 arm has finished (differences to random over the seeds both have).\n\n",
+                self.finished, self.planned
+            ));
+        }
         for (title, pick, vs) in [
             (
                 "Held-out accuracy (greedy answer), %",
@@ -783,11 +832,16 @@ impl Report {
              tokens | scoring s | training s |\n|---|---:|---:|---:|---:|\n",
         );
         for a in &self.arms {
+            if a.steps.n == 0 {
+                md.push_str(&format!("| {} | n/a | n/a | n/a | n/a |\n", a.name));
+                continue;
+            }
             md.push_str(&format!(
                 "| {} | {:.0} | {:.0} | {:.1} | {:.1} |\n",
                 a.name, a.steps.mean, a.tokens.mean, a.score_seconds.mean, a.train_seconds.mean
             ));
         }
+        md.push_str(&self.machines());
         md.push_str(&self.selection_table());
         if self.arms.iter().any(|a| a.reward.is_some()) {
             md.push_str(
@@ -822,6 +876,32 @@ impl Report {
 }
 
 impl Report {
+    /// Which machines the times were taken on, and how many runs on each.
+    fn machines(&self) -> String {
+        let mut counts: Vec<(&str, usize)> = Vec::new();
+        for run in self.arms.iter().flat_map(|a| &a.runs) {
+            for m in &run.machines {
+                match counts.iter_mut().find(|(n, _)| n == m) {
+                    Some((_, c)) => *c += 1,
+                    None => counts.push((m, 1)),
+                }
+            }
+        }
+        if counts.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = counts
+            .iter()
+            .map(|(m, c)| format!("{m} ({c} run{})", if *c == 1 { "" } else { "s" }))
+            .collect();
+        let caveat = if counts.len() > 1 {
+            "; times from different machines do not compare"
+        } else {
+            ""
+        };
+        format!("\nTimed on: {}{caveat}.\n", list.join("; "))
+    }
+
     /// The final difference to random with the held-out set counted as a sample too.
     fn resampled_table(&self) -> String {
         let rows: Vec<(&str, Resampled)> = self
@@ -1074,6 +1154,7 @@ mod tests {
             picked_score: vec![None],
             pool_score: vec![None],
             final_items: BTreeMap::new(),
+            machines: Vec::new(),
         };
         let arm = [run(1, 0.5), run(2, 0.6), run(3, 0.4)];
         let base = [run(1, 0.4), run(2, 0.4), run(3, 0.4)];

@@ -26,6 +26,39 @@ pub fn run_on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
+/// The machine the compute runs on, in words, for the records of timed work: the CPU's model
+/// name, the pool's threads and the widest vector instructions the matrix products use, e.g.
+/// "AMD EPYC, 2 threads, AVX-512". Times taken on machines that differ in any of these are not
+/// comparable.
+pub fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("model name"))?;
+            Some(line.split_once(':')?.1.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string());
+    format!(
+        "{model}, {} threads{}",
+        rayon::current_num_threads(),
+        vector_instructions()
+    )
+}
+
+fn vector_instructions() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            return ", AVX-512";
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return ", AVX2";
+        }
+    }
+    ""
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,10 @@ pub struct CompareArgs {
     /// same study into it again finishes what is missing.
     #[arg(long)]
     pub out: PathBuf,
+    /// Run nothing: write the report of the runs finished so far, of a study running or
+    /// stopped (given with its own --config, --arm, --seeds and --set).
+    #[arg(long)]
+    pub report_only: bool,
 }
 
 pub fn run(a: CompareArgs) -> Result<()> {
@@ -50,7 +54,11 @@ pub fn run(a: CompareArgs) -> Result<()> {
         arms,
         seeds: seeds(&a.seeds)?,
     };
-    let report = crate::compare::run(&study, &a.out)?;
+    let report = if a.report_only {
+        crate::compare::report_so_far(&study, &a.out)?
+    } else {
+        crate::compare::run(&study, &a.out)?
+    };
     print!("{}", report.markdown());
     println!(
         "report: {} ({}), pictures: {}, {}",

@@ -314,6 +314,7 @@ impl Rounds<'_> {
         metrics.log(json!({
             "kind": "round", "round": round, "selected": state.picks.len(), "new": new,
             "score_seconds": score_seconds, "train_seconds": train_seconds,
+            "machine": crate::threads::machine(), "device": self.cfg.model.device,
             "pool_scores": pool_scores_json(&state.curriculum.scores), "eval": eval_json(&report),
         }))?;
         eprintln!(

@@ -130,6 +130,13 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
         "{md}"
     );
     assert!(whole.join("accuracy.svg").is_file() && whole.join("accuracy_vs_time.svg").is_file());
+    // The times say which machine they were taken on.
+    let machine = edco::threads::machine();
+    assert_eq!(arms[0]["runs"][0]["machines"], serde_json::json!([machine]));
+    assert!(
+        md.contains(&format!("Timed on: {machine} (4 runs).")),
+        "{md}"
+    );
 
     // Interrupted once the first run has finished, in the middle of the second: run again, it
     // leaves the first alone, resumes the second and runs the rest; the accuracies are the
@@ -153,6 +160,22 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     child.wait().unwrap();
     let kept = std::fs::read(&first).unwrap();
+    // What the stopped study says so far: the one finished run, nothing run meanwhile.
+    let err = ok(compare(&cfg, &parted, &["--report-only"]).output().unwrap());
+    assert!(!err.contains("study: "), "{err}");
+    let so_far = report(&parted);
+    assert_eq!(
+        (so_far["finished"].as_u64(), so_far["planned"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(so_far["arms"][0]["runs"].as_array().unwrap().len(), 1);
+    let edco_1 = &so_far["arms"][0]["runs"][0];
+    assert_eq!(edco_1["seed"], 1);
+    assert_eq!(edco_1["accuracy"], arms[0]["runs"][0]["accuracy"]);
+    assert!(so_far["arms"][1]["runs"].as_array().unwrap().is_empty());
+    let md = std::fs::read_to_string(parted.join("report.md")).unwrap();
+    assert!(md.contains("**1 of 4 runs finished**"), "{md}");
+    assert_eq!(std::fs::read(&first).unwrap(), kept);
     let err = ok(compare(&cfg, &parted, &[]).output().unwrap());
     assert!(err.contains("study: 1/4 edco seed 1: done"), "{err}");
     assert_eq!(
