@@ -15,11 +15,12 @@
 set -euo pipefail
 usage="usage: scripts/study_learnability.sh DATA [OUT] [TASK ...]"
 [ $# -ge 1 ] || { echo "$usage" >&2; exit 2; }
-# Absolute paths, taken from where the script is run, so that a rerun writes the same config.
+# Paths taken from where the script is run; OUT inside the repository (the default) is kept
+# relative to it, and the model is linked into OUT, so that the configs name no machine path.
 data=$(cd -- "$1" && pwd)
 out=${2:+$(realpath -m -- "$2")}
 cd "$(dirname "$0")/.."
-out=${out:-$PWD/target/study/learnability}
+out=$(realpath -m --relative-base=. -- "${out:-target/study/learnability}")
 shift $(($# < 2 ? $# : 2))
 tasks=("$@")
 [ ${#tasks[@]} -gt 0 ] || tasks=(oran_easy teleqna legalbench pubmedqa)
@@ -31,9 +32,13 @@ for t in "${tasks[@]}"; do
 done
 
 scripts/fetch_assets.sh smollm2 >&2
-model="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+cached="${EDCO_CACHE:-$HOME/.cache/edco}/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+model="$out/model/SmolLM2-135M-Instruct.Q4_1.gguf"
 cargo build --release --quiet
-mkdir -p "$out/data"
+mkdir -p "$out/data" "$out/model"
+if ! cmp -s "$cached" "$model"; then
+  ln -f "$cached" "$model" 2>/dev/null || cp "$cached" "$model"
+fi
 
 # The pools and held-out sets (written once; a second run checks they are the same bytes).
 python3 scripts/study_split.py "$data" "$out/data" "${tasks[@]}"
