@@ -5,7 +5,7 @@ Usage: scripts/study_keep.py STUDY ARCHIVE.tar.xz
 
 STUDY is an `edco compare` directory (holding study.json). The archive holds study.json, the
 study's config file when it lies next to STUDY (as scripts/study_curriculum.sh writes it), the
-report, and of every finished run its config, fingerprint, metrics, curricula and per-sample
+report, the base model's results on the pool, and of every finished run its config, fingerprint, metrics, curricula and per-sample
 evaluations: what the report is computed from. Checkpoints (the weights), the per-round scores
 of the whole pool and the pictures are left out, and so are unfinished runs, which start again.
 Unpack it where the study was (`tar -xJf ARCHIVE -C PARENT_OF_STUDY`) and run the study's
@@ -45,7 +45,7 @@ def main():
         sys.exit(f"{study}: not a study (no study.json)")
     parent, name = os.path.split(os.path.abspath(study))
     members = [name + "/study.json"]
-    for extra in ("report.md", "report.json"):
+    for extra in ("report.md", "report.json", "base/pool.jsonl"):
         if os.path.isfile(os.path.join(study, extra)):
             members.append(f"{name}/{extra}")
     if os.path.isfile(os.path.join(parent, name + ".toml")):

@@ -192,6 +192,7 @@ pub fn run(study: &Study, out: &Path) -> Result<Report> {
     study.check_budget(out)?;
     let commit = claim(study, out)?;
     same_inputs(study, out)?;
+    base_pool(study, out, commit.as_deref())?;
     let total = study.arms.len() * study.seeds.len();
     let mut k = 0;
     for seed in &study.seeds {
@@ -223,6 +224,49 @@ pub fn run(study: &Study, out: &Path) -> Result<Report> {
     let report = Report::of(study, out)?;
     report.write(out)?;
     Ok(report)
+}
+
+/// The base model's result on every pool sample (one JSON line each, as the runs'
+/// `eval/round_NNN.jsonl`), evaluated once per study: how the samples each arm picks fare before
+/// any training, against the pool.
+pub const BASE_POOL: &str = "base/pool.jsonl";
+
+/// Evaluates the base model on the pool into [`BASE_POOL`], unless a study run before did.
+fn base_pool(study: &Study, out: &Path, commit: Option<&str>) -> Result<()> {
+    let path = out.join(BASE_POOL);
+    if path.is_file() {
+        return Ok(());
+    }
+    let (arm, seed) = (&study.arms[0], study.seeds[0]);
+    let cfg = study.config_of(arm, seed, &Study::run_dir(out, arm, seed), commit)?;
+    eprintln!("study: the base model on the pool");
+    let items =
+        crate::trainer::evaluate_pool(&cfg).context("evaluating the base model on the pool")?;
+    let mut text = String::new();
+    for item in &items {
+        text.push_str(&serde_json::to_string(item)?);
+        text.push('\n');
+    }
+    let dir = out.join("base");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(&path, text.as_bytes())
+}
+
+/// Whether the base model got each pool sample right (greedy answer), by id, from
+/// [`BASE_POOL`]; empty when the study has none (begun by an earlier edco, or not yet run).
+fn read_base_pool(out: &Path) -> BTreeMap<String, bool> {
+    right_by_id(&out.join(BASE_POOL))
+}
+
+/// The `correct` of each line of a per-sample evaluation file, by id (empty when unreadable).
+fn right_by_id(path: &Path) -> BTreeMap<String, bool> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return BTreeMap::new();
+    };
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|l| Some((l["id"].as_str()?.to_string(), l["correct"].as_bool()?)))
+        .collect()
 }
 
 /// What `study.json` keeps: the study, its config file's text as it was, and the hub commit
@@ -412,6 +456,9 @@ pub struct RunRecord {
     pub new: Vec<Option<f64>>,
     pub picked_score: Vec<Option<f64>>,
     pub pool_score: Vec<Option<f64>>,
+    /// Per round: the share of the selected samples the base model got right (see
+    /// [`BASE_POOL`]; absent without it).
+    pub picked_base_accuracy: Vec<Option<f64>>,
     /// Whether each held-out sample's greedy answer after the last round was right, by id (the
     /// run's `eval/round_NNN.jsonl`; empty where the run has none).
     #[serde(skip)]
@@ -422,7 +469,8 @@ pub struct RunRecord {
 }
 
 impl RunRecord {
-    fn read(dir: &Path, seed: u64) -> Result<Self> {
+    /// `base`: the base model's result on each pool sample, by id (see [`BASE_POOL`]).
+    fn read(dir: &Path, seed: u64, base: &BTreeMap<String, bool>) -> Result<Self> {
         let m = read_metrics(dir)?;
         let eval_of = |l: &serde_json::Value, key: &str| l["eval"][key].as_f64();
         let before = m.iter().find(|l| l["kind"] == "eval");
@@ -461,16 +509,23 @@ impl RunRecord {
         let final_items = rounds
             .last()
             .and_then(|l| l["round"].as_u64())
-            .and_then(|round| {
-                std::fs::read_to_string(dir.join(format!("eval/round_{round:03}.jsonl"))).ok()
-            })
-            .map(|text| {
-                text.lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .filter_map(|l| Some((l["id"].as_str()?.to_string(), l["correct"].as_bool()?)))
-                    .collect()
-            })
+            .map(|round| right_by_id(&dir.join(format!("eval/round_{round:03}.jsonl"))))
             .unwrap_or_default();
+        let picked_base_accuracy = rounds
+            .iter()
+            .map(|l| {
+                let round = l["round"].as_u64()?;
+                let path = dir.join(format!("curriculum/round_{round:03}.jsonl"));
+                let text = std::fs::read_to_string(path).ok()?;
+                let right: Vec<f64> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|l| base.get(l["id"].as_str()?))
+                    .map(|&r| f64::from(u8::from(r)))
+                    .collect();
+                (!right.is_empty()).then(|| stats::mean(&right))
+            })
+            .collect();
         let mut machines: Vec<String> = Vec::new();
         for l in &rounds {
             let Some(machine) = l["machine"].as_str() else {
@@ -488,6 +543,7 @@ impl RunRecord {
             seed,
             final_items,
             machines,
+            picked_base_accuracy,
             new: rounds.iter().map(|l| l["new"].as_f64()).collect(),
             picked_score,
             pool_score: rounds
@@ -577,6 +633,7 @@ pub struct ArmReport {
     pub new: Vec<Option<Spread>>,
     pub picked_score: Vec<Option<Spread>>,
     pub pool_score: Vec<Option<Spread>>,
+    pub picked_base_accuracy: Vec<Option<Spread>>,
     pub runs: Vec<RunRecord>,
 }
 
@@ -614,6 +671,8 @@ pub struct Report {
     /// finished ones (all of them once the study has run; fewer while it runs).
     pub finished: usize,
     pub planned: usize,
+    /// The share of the pool the base model gets right (see [`BASE_POOL`]).
+    pub pool_base_accuracy: Option<f64>,
     pub arms: Vec<ArmReport>,
 }
 
@@ -637,6 +696,7 @@ impl Report {
     /// Reads every finished run of the study in `out` and computes the report.
     pub fn of(study: &Study, out: &Path) -> Result<Self> {
         same_inputs(study, out)?;
+        let base = read_base_pool(out);
         let mut runs = Vec::new();
         for arm in &study.arms {
             let mut records = Vec::new();
@@ -644,7 +704,7 @@ impl Report {
                 let dir = Study::run_dir(out, arm, seed);
                 let rounds = study.config_of(arm, seed, &dir, None)?.curriculum.rounds;
                 if finished(&dir, rounds) {
-                    records.push(RunRecord::read(&dir, seed)?);
+                    records.push(RunRecord::read(&dir, seed, &base)?);
                 }
             }
             runs.push(records);
@@ -701,12 +761,15 @@ impl Report {
                     new: per_round(|r| &r.new),
                     picked_score: per_round(|r| &r.picked_score),
                     pool_score: per_round(|r| &r.pool_score),
+                    picked_base_accuracy: per_round(|r| &r.picked_base_accuracy),
                     runs: records.clone(),
                 }
             })
             .collect();
+        let right = base.values().filter(|&&r| r).count();
         Ok(Self {
             study: study.clone(),
+            pool_base_accuracy: (!base.is_empty()).then(|| right as f64 / base.len() as f64),
             finished: runs.iter().map(Vec::len).sum(),
             planned: study.arms.len() * study.seeds.len(),
             arms,
@@ -942,8 +1005,14 @@ impl Report {
         }
         let mut md = String::from(
             "\n## What each arm selects (mean over seeds)\n\nPer round: samples not trained on \
-             before, and the mean score of the selected samples against the pool's.\n\n| arm |",
+             before, the mean score of the selected samples against the pool's, and the share of \
+             them the base model gets right",
         );
+        match self.pool_base_accuracy {
+            Some(p) => md.push_str(&format!(" (of the whole pool: {:.1}%)", 100.0 * p)),
+            None => md.push_str(" (where the study evaluated the base model on the pool)"),
+        }
+        md.push_str(".\n\n| arm |");
         for k in 1..=rounds {
             md.push_str(&format!(" round {k} |"));
         }
@@ -959,7 +1028,9 @@ impl Report {
                     (Some(p), Some(q)) => format!(", {p:.3} vs {q:.3}"),
                     _ => String::new(),
                 };
-                md.push_str(&format!(" {new}{scores} |"));
+                let base = mean(&a.picked_base_accuracy, k)
+                    .map_or(String::new(), |b| format!(", {:.0}% right", 100.0 * b));
+                md.push_str(&format!(" {new}{scores}{base} |"));
             }
             md.push('\n');
         }
@@ -1152,6 +1223,7 @@ mod tests {
             zero_std_fraction: None,
             new: vec![Some(4.0)],
             picked_score: vec![None],
+            picked_base_accuracy: vec![None],
             pool_score: vec![None],
             final_items: BTreeMap::new(),
             machines: Vec::new(),

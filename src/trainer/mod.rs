@@ -258,6 +258,33 @@ fn inputs<'a>(cfg: &'a Config, settings: &'a Settings) -> Vec<Input<'a>> {
     inputs
 }
 
+/// The base model's result on every sample of the pool, evaluated as the held-out set is (the
+/// `[eval]` settings, over the whole pool): what a study compares its selections with.
+pub fn evaluate_pool(cfg: &Config) -> Result<Vec<eval::ItemResult>> {
+    let settings = cfg.resolve()?;
+    let method = method_of(cfg)?;
+    let (pool, _) = read_data(cfg, &settings, method.as_ref())?;
+    let m = &settings.model;
+    let loaded = load(&m.source, &m.load_options(Trainable::Frozen, cfg.run.seed)?)?;
+    let evaluator = eval::Evaluator {
+        model: &loaded.model,
+        tok: &loaded.tokenizer,
+        eos_token_ids: &loaded.eos_token_ids,
+        template_args: &settings.template_args,
+        lengths: cfg
+            .data
+            .lengths()
+            .within(loaded.model.config.max_position_embeddings),
+        answer_check: cfg.data.answer_check,
+    };
+    let whole = crate::config::EvalSection {
+        max_samples: 0,
+        loss: false,
+        ..cfg.eval.clone()
+    };
+    Ok(evaluator.run(&pool, &whole)?.items)
+}
+
 /// What a run of `cfg` would do (its pool read and checked), without loading the model.
 pub fn plan(cfg: &Config) -> Result<Plan> {
     let settings = cfg.resolve()?;

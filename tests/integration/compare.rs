@@ -118,6 +118,38 @@ fn a_study_is_budget_matched_resumable_and_computed_from_its_runs() {
     };
     let edco = &arms[0];
     assert_eq!(edco["new"][0]["mean"], 4.0);
+    // The base model's result on each pool sample, once per study: the report's share of the
+    // picks it got right is read from it.
+    let base: std::collections::HashMap<String, bool> =
+        std::fs::read_to_string(whole.join("base/pool.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    v["id"].as_str().unwrap().to_string(),
+                    v["correct"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+    assert_eq!(base.len(), 16);
+    let right = base.values().filter(|&&r| r).count() as f64 / 16.0;
+    assert!((r["pool_base_accuracy"].as_f64().unwrap() - right).abs() < 1e-12);
+    let picked_right = |seed: u64| {
+        let path = whole.join(format!("runs/edco/seed-{seed}/curriculum/round_001.jsonl"));
+        let text = std::fs::read_to_string(path).unwrap();
+        let ids: Vec<String> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        ids.iter().filter(|id| base[*id]).count() as f64 / ids.len() as f64
+    };
+    let want = (picked_right(1) + picked_right(2)) / 2.0;
+    let got = edco["picked_base_accuracy"][0]["mean"].as_f64().unwrap();
+    assert!((got - want).abs() < 1e-12, "{got} {want}");
     let want = (picked(1) + picked(2)) / 2.0;
     assert!((edco["picked_score"][0]["mean"].as_f64().unwrap() - want).abs() < 1e-9);
     assert!(
