@@ -491,41 +491,37 @@ impl RunRecord {
             let v: Vec<f64> = steps.iter().filter_map(|l| l[key].as_f64()).collect();
             (!v.is_empty()).then(|| stats::mean(&v))
         };
-        let picked_score = rounds
+        // Each round's selection (its curriculum file), read once for what the report says of it.
+        let picks: Vec<Option<Vec<serde_json::Value>>> = rounds
             .iter()
             .map(|l| {
                 let round = l["round"].as_u64()?;
                 let path = dir.join(format!("curriculum/round_{round:03}.jsonl"));
                 let text = std::fs::read_to_string(path).ok()?;
-                let scores: Vec<f64> = text
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .filter_map(|l| l["score"].as_f64())
-                    .filter(|s| s.is_finite())
-                    .collect();
-                (!scores.is_empty()).then(|| stats::mean(&scores))
+                Some(
+                    text.lines()
+                        .filter_map(|l| serde_json::from_str(l).ok())
+                        .collect(),
+                )
             })
             .collect();
+        let mean_over_picks = |value: &dyn Fn(&serde_json::Value) -> Option<f64>| {
+            picks
+                .iter()
+                .map(|p| {
+                    let v: Vec<f64> = p.as_ref()?.iter().filter_map(value).collect();
+                    (!v.is_empty()).then(|| stats::mean(&v))
+                })
+                .collect::<Vec<_>>()
+        };
+        let picked_score = mean_over_picks(&|l| l["score"].as_f64().filter(|s| s.is_finite()));
+        let picked_base_accuracy =
+            mean_over_picks(&|l| base.get(l["id"].as_str()?).map(|&r| f64::from(u8::from(r))));
         let final_items = rounds
             .last()
             .and_then(|l| l["round"].as_u64())
             .map(|round| right_by_id(&dir.join(format!("eval/round_{round:03}.jsonl"))))
             .unwrap_or_default();
-        let picked_base_accuracy = rounds
-            .iter()
-            .map(|l| {
-                let round = l["round"].as_u64()?;
-                let path = dir.join(format!("curriculum/round_{round:03}.jsonl"));
-                let text = std::fs::read_to_string(path).ok()?;
-                let right: Vec<f64> = text
-                    .lines()
-                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .filter_map(|l| base.get(l["id"].as_str()?))
-                    .map(|&r| f64::from(u8::from(r)))
-                    .collect();
-                (!right.is_empty()).then(|| stats::mean(&right))
-            })
-            .collect();
         let mut machines: Vec<String> = Vec::new();
         for l in &rounds {
             let Some(machine) = l["machine"].as_str() else {
